@@ -1,0 +1,124 @@
+"""The decode boundary: Kafka message bytes -> typed records, or reasons.
+
+Errors are data here. A message may carry one JSON object, a JSON array of objects, or NDJSON lines
+(as OTLP-style exporters and log shippers batch); a whole batch is decoded by one msgspec call and
+only falls back to per-element decoding when something in it is invalid, so valid neighbours of a bad
+record still flow. Nothing past this module sees malformed input.
+
+Reasons are a closed set (``REASONS``) because they become a metric label; the free-text ``detail``
+names the field and the rule, never the value (values may be personal data).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import msgspec
+
+from .records import MonitoringSample, RequestLog
+
+T = TypeVar("T", RequestLog, MonitoringSample)
+
+REASONS = (
+    "empty", "invalid_json", "not_object", "missing_field", "wrong_type", "out_of_range",
+    "invalid_ip", "too_old", "in_future", "inconsistent", "insert_rejected",
+)
+WHOLE_MESSAGE = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """One invalid record: where it sat in the message, why, and its original bytes."""
+
+    index: int
+    reason: str
+    detail: str
+    raw: bytes
+
+
+@dataclass(slots=True)
+class Decoded(Generic[T]):
+    """What one message yields: ``(index, record)`` pairs in message order, and rejects."""
+
+    records: list[tuple[int, T]]
+    rejects: list[Reject]
+
+
+def classify(exc: Exception) -> tuple[str, str]:
+    """Map a msgspec error to (reason, detail). msgspec messages name paths and rules, not values."""
+    text = str(exc)
+    if isinstance(exc, msgspec.ValidationError):
+        if text.startswith("Object missing required field"):
+            return "missing_field", text
+        if text.startswith("Expected `object`"):
+            return "not_object", text
+        if text.startswith("Expected `") and ", got `" in text:
+            return "wrong_type", text
+        return "out_of_range", text
+    return "invalid_json", "JSON is malformed" if "malformed" in text or "truncated" in text else text[:200]
+
+
+class Decoder(Generic[T]):
+    """Decoder for one record type; reusable and allocation-light (msgspec decoders are cached)."""
+
+    def __init__(self, record_type: type[T]) -> None:
+        self._one = msgspec.json.Decoder(record_type)
+        self._many = msgspec.json.Decoder(list[record_type])  # type: ignore[valid-type]
+        self._raw_list = msgspec.json.Decoder(list[msgspec.Raw])
+        self._raw = msgspec.json.Decoder(msgspec.Raw)
+
+    def decode(self, data: bytes | None) -> Decoded[T]:
+        """Decode one Kafka message value (object, array, or NDJSON)."""
+        if not data or not data.strip():
+            return Decoded([], [Reject(WHOLE_MESSAGE, "empty", "message has no content", data or b"")])
+        head = data.lstrip()[:1]
+        if head == b"[":
+            return self._decode_array(data)
+        try:
+            return Decoded([(0, self._one.decode(data))], [])
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            lines = [line for line in data.split(b"\n") if line.strip()]
+            if len(lines) > 1 and self._is_json(lines[0]):
+                return self._decode_parts(lines)
+            return Decoded([], [Reject(0, *classify(exc), data)])
+
+    def _is_json(self, part: bytes) -> bool:
+        try:
+            self._raw.decode(part)
+        except msgspec.DecodeError:
+            return False
+        return True
+
+    def _decode_array(self, data: bytes) -> Decoded[T]:
+        try:
+            return Decoded(list(enumerate(self._many.decode(data))), [])
+        except msgspec.ValidationError:
+            pass
+        except msgspec.DecodeError as exc:
+            return Decoded([], [Reject(WHOLE_MESSAGE, *classify(exc), data)])
+        try:
+            parts = self._raw_list.decode(data)
+        except msgspec.DecodeError as exc:
+            return Decoded([], [Reject(WHOLE_MESSAGE, *classify(exc), data)])
+        return self._decode_parts([bytes(p) for p in parts])
+
+    def _decode_parts(self, parts: list[bytes]) -> Decoded[T]:
+        out: Decoded[T] = Decoded([], [])
+        for index, part in enumerate(parts):
+            try:
+                out.records.append((index, self._one.decode(part)))
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                out.rejects.append(Reject(index, *classify(exc), part))
+        return out
+
+
+def time_reason(event_ms: int, now_ms: int, max_age_ms: int, max_skew_ms: int) -> str | None:
+    """The documented timestamp rule: older than retention -> ``too_old``; more than the allowed
+    clock skew ahead -> ``in_future``. Such records are dead-lettered, never silently stored (a row
+    already past its TTL would vanish at the next merge; one from the future would outlive it)."""
+    if event_ms < now_ms - max_age_ms:
+        return "too_old"
+    if event_ms > now_ms + max_skew_ms:
+        return "in_future"
+    return None

@@ -1,0 +1,166 @@
+"""The one settings object: every knob, its env var (prefix ``IMTEL_``), default and meaning.
+
+Every default works embedded (bundled broker on loopback, chDB store in ``./data``). Production
+sets the Kafka and ClickHouse fields through the environment (or ``*_FILE`` secret files, for
+credentials mounted from Kubernetes Secrets). ``Settings.from_env()`` raises ``SettingsError`` with
+one plain sentence naming the variable at fault, never a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PREFIX = "IMTEL_"
+PII_MODES = ("prefix", "hash", "drop")
+SECRET_FIELDS = frozenset({"kafka_sasl_password", "clickhouse_password", "pii_hash_key"})
+
+
+class SettingsError(ValueError):
+    """A setting is missing, malformed or inconsistent; the message names it."""
+
+
+def _f(default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All configuration of the pipeline. Field ``x`` is read from env ``IMTEL_X``."""
+
+    # Kafka
+    kafka_bootstrap: str = _f("127.0.0.1:19092", "Kafka bootstrap servers, comma separated.")
+    kafka_security_protocol: str = _f("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
+    kafka_sasl_mechanism: str = _f("SCRAM-SHA-512", "SASL mechanism when SASL is used.")
+    kafka_sasl_username: str = _f("", "SASL user name.")
+    kafka_sasl_password: str = _f("", "SASL password (or IMTEL_KAFKA_SASL_PASSWORD_FILE).")
+    kafka_ssl_ca_location: str = _f("", "CA bundle for TLS to Kafka.")
+    consumer_group: str = _f("imtel-pipeline", "Consumer group of the workers.")
+    topic_request_logs: str = _f("im-request-logs", "Topic of request logs (Log Data).")
+    topic_monitoring_samples: str = _f("im-monitoring-samples", "Topic of monitoring samples.")
+    topic_dead_letters: str = _f("im-dead-letters", "Dead-letter topic: invalid records + reason.")
+    topic_applications: str = _f("im-applications", "Application registry updates (Configuration Data).")
+    topic_partitions: int = _f(4, "Partitions when the pipeline creates its topics.")
+    topic_replication: int = _f(1, "Replication factor when the pipeline creates its topics.")
+    # ClickHouse
+    clickhouse_dsn: str = _f("chdb:///./data/clickhouse", "chdb:///path (embedded) or http(s)://host:8123.")
+    clickhouse_database: str = _f("imtel", "Database holding the pipeline's tables.")
+    clickhouse_user: str = _f("default", "ClickHouse user (HTTP only).")
+    clickhouse_password: str = _f("", "ClickHouse password (or IMTEL_CLICKHOUSE_PASSWORD_FILE).")
+    clickhouse_cluster: str = _f("", "Cluster name: when set, migrations use ON CLUSTER + Replicated engines.")
+    # Batching
+    batch_max_records: int = _f(50_000, "Rows buffered before an insert (1..1,000,000).")
+    batch_max_seconds: float = _f(1.0, "Oldest buffered row's maximal age before an insert (0.05..60 s).")
+    consume_max_messages: int = _f(5_000, "Kafka messages fetched per poll (1..100,000).")
+    max_future_skew_seconds: int = _f(300, "Records stamped further in the future go to dead letters.")
+    # Privacy
+    pii_mode: str = _f("prefix", "How the exit IP is minimised: prefix (/24, /48), hash (keyed) or drop.")
+    pii_hash_key: str = _f("", "Secret key for pii_mode=hash (or IMTEL_PII_HASH_KEY_FILE).")
+    # Metrics / web
+    web_host: str = _f("127.0.0.1", "Address the worker's HTTP server binds (metrics, health, queries).")
+    web_port: int = _f(6066, "Port of /metrics, /healthz, /readyz and /queries.")
+    metrics_top_apps: int = _f(50, "Apps with their own metric label; the rest are 'other' (1..1000).")
+    # Local state
+    data_dir: str = _f("./data", "Folder for the embedded store and faust's local state.")
+    log_level: str = _f("info", "debug, info, warning or error.")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``IMTEL_*`` variables (and ``*_FILE`` secrets), then validate."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = PREFIX + f.name.upper()
+            raw = env.get(name)
+            if raw is None and f.name in SECRET_FIELDS and env.get(name + "_FILE"):
+                raw = _read_secret(name + "_FILE", env[name + "_FILE"])
+            if raw is not None:
+                values[f.name] = _convert(name, raw, f.default)
+        values.update(overrides)
+        settings = cls(**values)
+        problem = settings.problem()
+        if problem:
+            raise SettingsError(problem)
+        return settings
+
+    def problem(self) -> str | None:
+        """The first inconsistency as a plain sentence, or None when the settings are usable."""
+        checks = [
+            (self.pii_mode in PII_MODES, f"IMTEL_PII_MODE must be one of {', '.join(PII_MODES)}."),
+            (self.pii_mode != "hash" or len(self.pii_hash_key) >= 16,
+             "IMTEL_PII_MODE=hash needs IMTEL_PII_HASH_KEY (or _FILE) of at least 16 characters."),
+            (1 <= self.batch_max_records <= 1_000_000, "IMTEL_BATCH_MAX_RECORDS must be 1..1000000."),
+            (0.05 <= self.batch_max_seconds <= 60, "IMTEL_BATCH_MAX_SECONDS must be 0.05..60."),
+            (1 <= self.consume_max_messages <= 100_000, "IMTEL_CONSUME_MAX_MESSAGES must be 1..100000."),
+            (1 <= self.metrics_top_apps <= 1000, "IMTEL_METRICS_TOP_APPS must be 1..1000."),
+            (0 < self.web_port < 65536, "IMTEL_WEB_PORT must be a TCP port (1..65535)."),
+            (1 <= self.topic_partitions <= 1024, "IMTEL_TOPIC_PARTITIONS must be 1..1024."),
+            (self.clickhouse_dsn.split(":", 1)[0] in ("chdb", "http", "https"),
+             "IMTEL_CLICKHOUSE_DSN must start with chdb:, http: or https:."),
+            (self.clickhouse_database.isidentifier(), "IMTEL_CLICKHOUSE_DATABASE must be a plain identifier."),
+            (bool(self.kafka_bootstrap.strip()), "IMTEL_KAFKA_BOOTSTRAP must name at least one broker."),
+            (self.log_level in ("debug", "info", "warning", "error"),
+             "IMTEL_LOG_LEVEL must be debug, info, warning or error."),
+        ]
+        return next((message for ok, message in checks if not ok), None)
+
+    @property
+    def embedded_store(self) -> bool:
+        """True when ClickHouse is the in-process chDB engine (one process owns the folder)."""
+        return self.clickhouse_dsn.startswith("chdb:")
+
+    @property
+    def chdb_path(self) -> Path | None:
+        """Folder of the embedded store, or None for a server DSN or an in-memory engine."""
+        if not self.embedded_store or self.clickhouse_dsn.startswith("chdb://memory"):
+            return None
+        return Path(self.clickhouse_dsn.removeprefix("chdb://")).resolve()
+
+    def kafka_config(self) -> dict[str, str]:
+        """librdkafka properties shared by consumer, producer and admin client."""
+        conf = {"bootstrap.servers": self.kafka_bootstrap, "security.protocol": self.kafka_security_protocol}
+        if "SASL" in self.kafka_security_protocol:
+            conf.update({"sasl.mechanism": self.kafka_sasl_mechanism,
+                         "sasl.username": self.kafka_sasl_username,
+                         "sasl.password": self.kafka_sasl_password})
+        if self.kafka_ssl_ca_location:
+            conf["ssl.ca.location"] = self.kafka_ssl_ca_location
+        return conf
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings as a dict with secrets masked, safe to log or print."""
+        out = dataclasses.asdict(self)
+        for name in SECRET_FIELDS:
+            if out.get(name):
+                out[name] = "***"
+        return out
+
+    @staticmethod
+    def describe() -> list[tuple[str, str, str]]:
+        """(env var, default, meaning) of every setting, for ``imtel settings`` and the README."""
+        return [(PREFIX + f.name.upper(), repr(f.default), f.metadata["doc"]) for f in dataclasses.fields(Settings)]
+
+
+def _read_secret(name: str, path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise SettingsError(f"{name} points to {path!r}, which cannot be read ({exc.strerror}).") from None
+
+
+def _convert(name: str, raw: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        return raw.lower() in ("1", "true", "yes", "on")
+    try:
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        kind = "a whole number" if isinstance(default, int) else "a number"
+        raise SettingsError(f"{name} must be {kind}, got {raw!r}.") from None
+    return raw
