@@ -39,6 +39,9 @@ class Settings:
     kafka_sasl_username: str = _f("", "SASL user name.")
     kafka_sasl_password: str = _f("", "SASL password (or IMTEL_KAFKA_SASL_PASSWORD_FILE).")
     kafka_ssl_ca_location: str = _f("", "CA bundle for TLS to Kafka.")
+    kafka_max_poll_interval_ms: int = _f(
+        10_000, "max.poll.interval.ms, also the group rebalance timeout (the bundled broker waits this long "
+        "on every join); 10 s keeps embedded joins fast, 60000+ suits a real Kafka with slow ClickHouse.")
     consumer_group: str = _f("imtel-pipeline", "Consumer group of the workers.")
     topic_request_logs: str = _f("im-request-logs", "Topic of request logs (Log Data).")
     topic_monitoring_samples: str = _f("im-monitoring-samples", "Topic of monitoring samples.")
@@ -47,7 +50,8 @@ class Settings:
     topic_partitions: int = _f(4, "Partitions when the pipeline creates its topics.")
     topic_replication: int = _f(1, "Replication factor when the pipeline creates its topics.")
     # ClickHouse
-    clickhouse_dsn: str = _f("chdb:///./data/clickhouse", "chdb:///path (embedded) or http(s)://host:8123.")
+    clickhouse_dsn: str = _f("chdb://./data/clickhouse",
+                             "chdb://PATH (embedded store; relative or absolute) or http(s)://host:8123.")
     clickhouse_database: str = _f("imtel", "Database holding the pipeline's tables.")
     clickhouse_user: str = _f("default", "ClickHouse user (HTTP only).")
     clickhouse_password: str = _f("", "ClickHouse password (or IMTEL_CLICKHOUSE_PASSWORD_FILE).")
@@ -98,6 +102,8 @@ class Settings:
             (1 <= self.consume_max_messages <= 100_000, "IMTEL_CONSUME_MAX_MESSAGES must be 1..100000."),
             (1 <= self.metrics_top_apps <= 1000, "IMTEL_METRICS_TOP_APPS must be 1..1000."),
             (0 < self.web_port < 65536, "IMTEL_WEB_PORT must be a TCP port (1..65535)."),
+            (6000 <= self.kafka_max_poll_interval_ms <= 3_600_000,
+             "IMTEL_KAFKA_MAX_POLL_INTERVAL_MS must be 6000..3600000."),
             (1 <= self.topic_partitions <= 1024, "IMTEL_TOPIC_PARTITIONS must be 1..1024."),
             (self.clickhouse_dsn.split(":", 1)[0] in ("chdb", "http", "https"),
              "IMTEL_CLICKHOUSE_DSN must start with chdb:, http: or https:."),
@@ -116,9 +122,16 @@ class Settings:
     @property
     def chdb_path(self) -> Path | None:
         """Folder of the embedded store, or None for a server DSN or an in-memory engine."""
-        if not self.embedded_store or self.clickhouse_dsn.startswith("chdb://memory"):
+        location = self.clickhouse_dsn.removeprefix("chdb:").removeprefix("//")
+        if not self.embedded_store or location.startswith("memory"):
             return None
-        return Path(self.clickhouse_dsn.removeprefix("chdb://")).resolve()
+        return Path(location).resolve()
+
+    @property
+    def clickhouse_url(self) -> str:
+        """The DSN clickhouse-connect understands (embedded paths made absolute)."""
+        path = self.chdb_path
+        return f"chdb://{path}" if path is not None else self.clickhouse_dsn
 
     def kafka_config(self) -> dict[str, str]:
         """librdkafka properties shared by consumer, producer and admin client."""

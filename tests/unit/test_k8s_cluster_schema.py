@@ -1,0 +1,57 @@
+"""The cluster schema's layout: replicated locals in <db>_local, a Distributed table over each."""
+
+from __future__ import annotations
+
+import re
+
+from pipeline import cluster_schema, migrations
+
+DB, CLUSTER = "imtel", "imtel"
+
+
+def test_local_schema_is_the_migrations_rendered_for_the_local_database() -> None:
+    rendered = [s for m in migrations.render("imtel_local", CLUSTER) for s in m.statements]
+    assert cluster_schema.local_statements(DB, CLUSTER) == rendered
+    for statement in rendered:
+        if statement.startswith("CREATE TABLE"):
+            assert "ON CLUSTER 'imtel'" in statement
+            assert re.search(r"ENGINE = Replicated\w*MergeTree\('/clickhouse/tables/\{shard\}/", statement)
+
+
+def test_every_local_table_has_a_distributed_table_with_the_same_name() -> None:
+    local = cluster_schema.created_tables(cluster_schema.local_statements(DB, CLUSTER))
+    dist = cluster_schema.distributed_statements(DB, CLUSTER)
+    assert dist[0] == "CREATE DATABASE IF NOT EXISTS imtel ON CLUSTER 'imtel'"
+    assert cluster_schema.created_tables(dist) == [(DB, t) for _, t in local]
+    for (_, table), statement in zip(local, dist[1:], strict=True):
+        assert f" AS imtel_local.{table} " in statement  # columns come from the local table itself
+        assert f"ENGINE = Distributed('imtel', 'imtel_local', '{table}', " in statement
+
+
+def test_partition_owned_tables_shard_by_kafka_partition() -> None:
+    dist = {t: s for (_, t), s in zip(cluster_schema.created_tables(cluster_schema.distributed_statements(
+        DB, CLUSTER)), cluster_schema.distributed_statements(DB, CLUSTER)[1:], strict=True)}
+    for table in ("request_logs", "monitoring_samples", "interface_stats_1m"):
+        assert dist[table].endswith(", src_partition)")
+
+
+def test_apply_runs_migrations_on_the_local_database_then_the_distributed_layer() -> None:
+    class Recorder:
+        def __init__(self) -> None:
+            self.commands: list[str] = []
+
+        def command(self, sql: str) -> None:
+            self.commands.append(sql)
+
+        def query(self, sql: str) -> object:
+            return type("R", (), {"result_rows": []})()
+
+        def insert(self, *args: object, **kwargs: object) -> None:
+            pass
+
+    client = Recorder()
+    applied = cluster_schema.apply(client, DB, CLUSTER)
+    assert applied and client.commands[0] == "CREATE DATABASE IF NOT EXISTS imtel_local ON CLUSTER 'imtel'"
+    assert client.commands[-len(cluster_schema.distributed_statements(DB, CLUSTER)):] == \
+        cluster_schema.distributed_statements(DB, CLUSTER)
+    assert cluster_schema.INSERT_SETTINGS == {"distributed_foreground_insert": 1}
