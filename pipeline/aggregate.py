@@ -17,7 +17,7 @@ import numpy as np
 
 # Latency sketch: log-spaced buckets, relative error <= 2.5% (gamma = 1.05), 0..3,600,000 ms.
 GAMMA = 1.05
-SKETCH_BUCKETS = int(math.ceil(math.log(3_600_001) / math.log(GAMMA))) + 2
+SKETCH_BUCKETS = math.ceil(math.log(3_600_001) / math.log(GAMMA)) + 2
 _LOG_GAMMA = math.log(GAMMA)
 
 

@@ -137,7 +137,7 @@ def _register_web(app: faust.App, p: Pipeline) -> None:
     @app.page("/metrics")
     class MetricsView(View):
         async def get(self, request: Request) -> Response:
-            return self.bytes(generate_latest(p.metrics.registry), content_type=CONTENT_TYPE_LATEST)
+            return self.bytes(generate_latest(p.metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     @app.page("/healthz")
     class Health(View):

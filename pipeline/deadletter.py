@@ -10,6 +10,7 @@ by the policy (see ``topics.py``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from confluent_kafka import KafkaError, Producer
 
@@ -23,7 +24,7 @@ class DeadLetterError(Exception):
 class KafkaDeadLetters:
     """Blocking, acknowledged dead-letter sends (called from a worker thread)."""
 
-    def __init__(self, kafka_config: dict[str, str], topic: str, timeout: float = 30.0) -> None:
+    def __init__(self, kafka_config: dict[str, Any], topic: str, timeout: float = 30.0) -> None:
         self.topic, self.timeout = topic, timeout
         self.producer = Producer({**kafka_config, "acks": "all", "enable.idempotence": False,
                                   "linger.ms": 5, "message.max.bytes": 4_000_000})
@@ -37,7 +38,8 @@ class KafkaDeadLetters:
 
         for letter in letters:
             o = letter.origin
-            headers = [("imtel-reason", letter.reason.encode()), ("imtel-detail", letter.detail.encode()),
+            headers: list[tuple[str, str | bytes | None]] = [
+                ("imtel-reason", letter.reason.encode()), ("imtel-detail", letter.detail.encode()),
                        ("imtel-source-topic", o.topic.encode()), ("imtel-source-topic-id", o.topic_id.encode()),
                        ("imtel-source-partition", str(o.partition).encode()),
                        ("imtel-source-offset", str(o.offset).encode()), ("imtel-source-index", str(o.index).encode())]

@@ -47,6 +47,8 @@ class Decoded(Generic[T]):
 
 def classify(exc: Exception) -> tuple[str, str]:
     """Map a msgspec error to (reason, detail). msgspec messages name paths and rules, not values."""
+    if isinstance(exc, RecursionError):
+        return "invalid_json", "JSON nested too deeply"
     text = str(exc)
     if isinstance(exc, msgspec.ValidationError):
         if text.startswith("Object missing required field"):
@@ -63,10 +65,9 @@ class Decoder(Generic[T]):
     """Decoder for one record type; reusable and allocation-light (msgspec decoders are cached)."""
 
     def __init__(self, record_type: type[T]) -> None:
-        self._one = msgspec.json.Decoder(record_type)
+        self._one: msgspec.json.Decoder[T] = msgspec.json.Decoder(record_type)
         self._many = msgspec.json.Decoder(list[record_type])  # type: ignore[valid-type]
         self._raw_list = msgspec.json.Decoder(list[msgspec.Raw])
-        self._raw = msgspec.json.Decoder(msgspec.Raw)
 
     def decode(self, data: bytes | None) -> Decoded[T]:
         """Decode one Kafka message value (object, array, or NDJSON)."""
@@ -77,29 +78,22 @@ class Decoder(Generic[T]):
             return self._decode_array(data)
         try:
             return Decoded([(0, self._one.decode(data))], [])
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
             lines = [line for line in data.split(b"\n") if line.strip()]
-            if len(lines) > 1 and self._is_json(lines[0]):
+            if len(lines) > 1 and any(line.lstrip()[:1] == b"{" for line in lines):
                 return self._decode_parts(lines)
             return Decoded([], [Reject(0, *classify(exc), data)])
-
-    def _is_json(self, part: bytes) -> bool:
-        try:
-            self._raw.decode(part)
-        except msgspec.DecodeError:
-            return False
-        return True
 
     def _decode_array(self, data: bytes) -> Decoded[T]:
         try:
             return Decoded(list(enumerate(self._many.decode(data))), [])
         except msgspec.ValidationError:
             pass
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             return Decoded([], [Reject(WHOLE_MESSAGE, *classify(exc), data)])
         try:
             parts = self._raw_list.decode(data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             return Decoded([], [Reject(WHOLE_MESSAGE, *classify(exc), data)])
         return self._decode_parts([bytes(p) for p in parts])
 
@@ -108,7 +102,7 @@ class Decoder(Generic[T]):
         for index, part in enumerate(parts):
             try:
                 out.records.append((index, self._one.decode(part)))
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
                 out.rejects.append(Reject(index, *classify(exc), part))
         return out
 

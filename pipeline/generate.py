@@ -148,7 +148,7 @@ def produce(bootstrap: str, topic: str, samples_topic: str | None, rate: float, 
     try:
         while count is None or sent < count:
             now = time.time()
-            due = count if rate <= 0 else int((now - start) * rate) + 1
+            due = sent + 20000 if rate <= 0 else int((now - start) * rate) + 1
             due = min(due, count) if count is not None else due
             want = min(due - sent, 20000)
             if want > 0:

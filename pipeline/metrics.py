@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -92,6 +92,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, top_apps: int = 50) -> None:
         r = self.registry = registry or CollectorRegistry()
         self.apps = AppLabeler(top_apps)
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
         self.build_info = Gauge("imtel_build_info", "Version of the running pipeline.", ["version"], registry=r)
         self.build_info.labels(__version__).set(1)
         self.messages_consumed = Counter("imtel_messages_consumed_total", "Kafka messages consumed.",

@@ -24,6 +24,8 @@ Minimiser = Callable[[str], str | None]
 
 
 def _parse(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if "%" in text:  # IPv6 zone ids are link-local detail, not a public exit IP (the schema rejects them)
+        return None
     try:
         return ipaddress.ip_address(text)
     except ValueError:

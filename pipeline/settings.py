@@ -133,9 +133,10 @@ class Settings:
         path = self.chdb_path
         return f"chdb://{path}" if path is not None else self.clickhouse_dsn
 
-    def kafka_config(self) -> dict[str, str]:
+    def kafka_config(self) -> dict[str, Any]:
         """librdkafka properties shared by consumer, producer and admin client."""
-        conf = {"bootstrap.servers": self.kafka_bootstrap, "security.protocol": self.kafka_security_protocol}
+        conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap,
+                                "security.protocol": self.kafka_security_protocol}
         if "SASL" in self.kafka_security_protocol:
             conf.update({"sasl.mechanism": self.kafka_sasl_mechanism,
                          "sasl.username": self.kafka_sasl_username,
@@ -163,6 +164,8 @@ def _read_secret(name: str, path: str) -> str:
         return Path(path).read_text().strip()
     except OSError as exc:
         raise SettingsError(f"{name} points to {path!r}, which cannot be read ({exc.strerror}).") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{name} points to {path!r}, which is not UTF-8 text.") from None
 
 
 def _convert(name: str, raw: str, default: Any) -> Any:

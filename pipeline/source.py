@@ -14,6 +14,7 @@ and the consumer keeps polling so it stays in the group; the flush is retried wi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -57,23 +58,24 @@ class KafkaBatchSource(Service):
                 "enable.auto.commit": False, "auto.offset.reset": "earliest",
                 "enable.partition.eof": False,
                 "max.poll.interval.ms": self.settings.kafka_max_poll_interval_ms,
-                "session.timeout.ms": min(30_000, self.settings.kafka_max_poll_interval_ms), "fetch.max.bytes": 52_428_800,
+                "session.timeout.ms": min(30_000, self.settings.kafka_max_poll_interval_ms),
+                "fetch.max.bytes": 52_428_800,
                 "partition.assignment.strategy": "range"}
         self.consumer = Consumer(conf, logger=logging.getLogger("imtel.kafka"))
         self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_revoke)
-        self._run_done = asyncio.Event()
-        self.add_future(self._run())
+        self._run_task = asyncio.ensure_future(self._run())
 
     async def on_stop(self) -> None:
         """Graceful stop: let the loop finish its step, flush what is buffered, commit, leave."""
         self.stopping = True
         if self.consumer is None:
             return
-        try:
-            await asyncio.wait_for(self._run_done.wait(), timeout=30)
-        except TimeoutError:
-            log.warning("ingest loop did not stop within 30s; flushing what is buffered")
+        # Cancelling is safe at any await of the loop: a batch is either fully buffered by the agent
+        # (then flushed below) or not at all (then not committed, so re-read by the next owner).
+        self._run_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._run_task
         try:
             await self._flush(final=True)
         finally:
@@ -88,8 +90,19 @@ class KafkaBatchSource(Service):
     async def _run(self) -> None:
         try:
             await self._consume_loop()
-        finally:
-            self._run_done.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("ingest loop failed; stopping the worker")
+            self.stopping = True
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.crash_worker()))
+
+    async def crash_worker(self) -> None:
+        """Stop the whole worker (non-zero exit) so an orchestrator restarts it."""
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGTERM)
 
     async def _consume_loop(self) -> None:
         assert self.consumer is not None
@@ -172,7 +185,8 @@ class KafkaBatchSource(Service):
             return
         tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         try:
-            await self._io(lambda: self.consumer.commit(offsets=tps, asynchronous=False))
+            consumer = self.consumer
+            await self._io(lambda: consumer.commit(offsets=tps, asynchronous=False))
             self.metrics.commits.inc()
         except KafkaException as exc:
             # Rows are stored; the next owner finds them past the committed offset and skips them.

@@ -1,0 +1,40 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    the whole pipeline embedded (broker + ClickHouse + worker + traffic + metrics)
+#   make test   lint, type-check and the whole test suite (what CI runs)
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test venv lint unit integration generate clean
+
+$(BIN)/imtel: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(BIN)/imtel
+
+venv: $(BIN)/imtel
+
+run: venv
+	$(BIN)/imtel embedded
+
+lint: venv
+	$(BIN)/ruff check pipeline tests tools
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/python -m pytest tests/unit -q
+
+integration: venv
+	$(BIN)/python -m pytest tests/integration -q
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+generate: venv
+	$(BIN)/python -m pipeline.dashboards
+	$(BIN)/python -m pipeline.slo
+	$(BIN)/python tools/gen_k8s.py
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

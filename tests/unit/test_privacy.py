@@ -1,0 +1,116 @@
+"""pipeline/privacy.py: prefix /24 and /48 (IPv4-mapped IPv6 as IPv4), keyed hash, drop; garbage gives
+None and nothing ever raises or echoes the input."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline import privacy
+
+FAST = settings(max_examples=200, deadline=None)
+KEY_A = "a" * 16
+KEY_B = "b" * 16
+
+
+@FAST
+@given(st.ip_addresses(v=4))
+def test_prefix_ipv4(addr: ipaddress.IPv4Address) -> None:
+    out = privacy.prefix(str(addr))
+    net = ipaddress.ip_network(out)
+    assert net.prefixlen == 24
+    assert addr in net
+    assert net.network_address.packed[3] == 0
+
+
+@FAST
+@given(st.ip_addresses(v=6).filter(lambda a: a.ipv4_mapped is None))
+def test_prefix_ipv6(addr: ipaddress.IPv6Address) -> None:
+    out = privacy.prefix(str(addr))
+    net = ipaddress.ip_network(out)
+    assert net.version == 6
+    assert net.prefixlen == 48
+    assert addr in net
+    assert privacy.prefix(addr.exploded) == out
+
+
+@FAST
+@given(st.ip_addresses(v=4))
+def test_prefix_ipv4_mapped(addr: ipaddress.IPv4Address) -> None:
+    assert privacy.prefix(f"::ffff:{addr}") == privacy.prefix(str(addr))
+
+
+@pytest.mark.parametrize(("ip", "expected"), [
+    ("203.0.113.7", "203.0.113.0/24"), ("2001:db8:1:2::5", "2001:db8:1::/48"),
+    ("::ffff:198.51.100.9", "198.51.100.0/24"), ("0.0.0.0", "0.0.0.0/24"), ("::1", "::/48"),
+])
+def test_prefix_examples(ip: str, expected: str) -> None:
+    assert privacy.prefix(ip) == expected
+
+
+@pytest.mark.parametrize("s", ["", "x", "1.2.3", "256.1.1.1", "1.2.3.4/24", " 1.2.3.4", "::g", "01.2.3.4"])
+def test_garbage_is_none(s: str) -> None:
+    assert privacy.prefix(s) is None
+    assert privacy.drop(s) is None
+    assert privacy.make_hasher(KEY_A)(s) is None
+
+
+@FAST
+@given(st.text(max_size=80))
+def test_never_raises_never_echoes(s: str) -> None:
+    h = privacy.make_hasher(KEY_A)
+    for f in (privacy.prefix, privacy.drop, h):
+        out = f(s)
+        assert out is None or isinstance(out, str)
+    hashed = h(s)
+    assert hashed is None or (len(s) < 4 or s not in hashed)
+
+
+@FAST
+@given(st.ip_addresses())
+def test_hash_mode(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+    s = str(addr)
+    ha, hb = privacy.make_hasher(KEY_A), privacy.make_hasher(KEY_B)
+    out = ha(s)
+    assert out is not None
+    assert re.fullmatch(r"h:[0-9a-f]{16}", out)
+    assert ha(s) == out == privacy.make_hasher(KEY_A)(s)
+    assert hb(s) != out
+    assert s not in out
+    assert ha(addr.exploded) == out  # same address, other spelling -> same hash
+
+
+@FAST
+@given(st.ip_addresses(v=4), st.ip_addresses(v=4))
+def test_hash_distinguishes_addresses(a: ipaddress.IPv4Address, b: ipaddress.IPv4Address) -> None:
+    h = privacy.make_hasher(KEY_A)
+    assert (h(str(a)) == h(str(b))) == (a == b)
+
+
+@FAST
+@given(st.ip_addresses())
+def test_drop_mode(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+    assert privacy.drop(str(addr)) == ""
+
+
+@FAST
+@given(st.one_of(st.ip_addresses().map(str), st.text(max_size=40)))
+def test_cached_minimiser_matches_uncached(s: str) -> None:
+    assert privacy.minimiser("prefix")(s) == privacy.prefix(s)
+    assert privacy.minimiser("drop")(s) == privacy.drop(s)
+    cached = privacy.minimiser("hash", KEY_A)
+    assert cached(s) == privacy.make_hasher(KEY_A)(s)
+    assert cached(s) == cached(s)
+    assert privacy.minimiser("hash", KEY_B)(s) == privacy.make_hasher(KEY_B)(s)
+
+
+def test_minimiser_cache_is_used() -> None:
+    m = privacy.minimiser("prefix", cache_size=4)
+    for _ in range(3):
+        m("203.0.113.7")
+    info = m.cache_info()  # type: ignore[attr-defined]
+    assert (info.hits, info.misses, info.maxsize) == (2, 1, 4)
