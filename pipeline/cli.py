@@ -56,7 +56,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     s = _settings(args)
     _ensure_data_dir(s)
     client = connect(s.clickhouse_url, s.clickhouse_user, s.clickhouse_password)
-    applied = migrations.apply(client, s.clickhouse_database, args.cluster or s.clickhouse_cluster)
+    cluster = args.cluster or s.clickhouse_cluster
+    if cluster:  # replicated local tables + Distributed tables for reads and writes
+        from . import cluster_schema
+
+        applied = cluster_schema.apply(client, s.clickhouse_database, cluster)
+    else:
+        applied = migrations.apply(client, s.clickhouse_database)
     print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
     return 0
 
@@ -84,7 +90,8 @@ def run_worker(s: Settings, live_output: bool = False) -> int:
 
     _ensure_data_dir(s)
     pipeline = build(s, live_output=live_output)
-    migrations.apply(pipeline.store.client, s.clickhouse_database, s.clickhouse_cluster)
+    if not s.clickhouse_cluster:  # on a cluster the migration Job (imtel migrate --cluster) does it
+        migrations.apply(pipeline.store.client, s.clickhouse_database)
     worker = Worker(pipeline.app, pipeline.source, loglevel=s.log_level if s.log_level != "warning" else "warn",
                     quiet=True, redirect_stdouts=False)
     try:

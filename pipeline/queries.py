@@ -49,15 +49,15 @@ APP = Param("app", "UInt32", 0, int, lambda v: 0 <= v <= 4_294_967_295, "an sdk_
 QUERIES: dict[str, NamedQuery] = {q.name: q for q in [
     NamedQuery(
         "app_health", "Per-app success rate, average and p50/p99 latency over the last N minutes.",
-        """SELECT sdk_app_id, sum(requests) AS requests, sum(failures) AS failures,
-       round(1 - sum(failures) / sum(requests), 5) AS success_rate,
-       round(sum(latency_sum_ms) / sum(requests), 1) AS avg_ms,
+        """SELECT sdk_app_id, sum(requests) AS n_requests, sum(failures) AS n_failures,
+       round(1 - n_failures / n_requests, 5) AS success_rate,
+       round(sum(latency_sum_ms) / n_requests, 1) AS avg_ms,
        quantilesTimingMerge(0.5, 0.9, 0.95, 0.99)(latency_q)[1] AS p50_ms,
        quantilesTimingMerge(0.5, 0.9, 0.95, 0.99)(latency_q)[4] AS p99_ms
 FROM {db}.interface_stats_1m
 WHERE source = 'log' AND minute >= toStartOfMinute(now() - toIntervalMinute({minutes:UInt32}))
   AND ({app:UInt32} = 0 OR sdk_app_id = {app:UInt32})
-GROUP BY sdk_app_id ORDER BY requests DESC LIMIT {limit:UInt32}""", (MINUTES, APP, LIMIT)),
+GROUP BY sdk_app_id ORDER BY n_requests DESC LIMIT {limit:UInt32}""", (MINUTES, APP, LIMIT)),
     NamedQuery(
         "top_failing", "Top failing interfaces with their most frequent exception causes.",
         """SELECT sdk_app_id, interface, count() AS failures,

@@ -42,6 +42,8 @@ class Settings:
     kafka_max_poll_interval_ms: int = _f(
         10_000, "max.poll.interval.ms, also the group rebalance timeout (the bundled broker waits this long "
         "on every join); 10 s keeps embedded joins fast, 60000+ suits a real Kafka with slow ClickHouse.")
+    group_instance_id: str = _f("", "Static group membership id (e.g. the pod name): restarts within the "
+                                "session timeout cause no rebalance.")
     consumer_group: str = _f("imtel-pipeline", "Consumer group of the workers.")
     topic_request_logs: str = _f("im-request-logs", "Topic of request logs (Log Data).")
     topic_monitoring_samples: str = _f("im-monitoring-samples", "Topic of monitoring samples.")

@@ -61,6 +61,8 @@ class KafkaBatchSource(Service):
                 "session.timeout.ms": min(30_000, self.settings.kafka_max_poll_interval_ms),
                 "fetch.max.bytes": 52_428_800,
                 "partition.assignment.strategy": "range"}
+        if self.settings.group_instance_id:
+            conf["group.instance.id"] = self.settings.group_instance_id
         self.consumer = Consumer(conf, logger=logging.getLogger("imtel.kafka"))
         self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_revoke)

@@ -28,7 +28,7 @@ K8S = ROOT / "k8s"
 OVERLAYS = ("dev", "prod")
 K8S_VERSION = "1.30.0"  # oldest Kubernetes the manifests target (docs/deploy.md)
 # Env vars the manifests set that pipeline/settings.py does not read yet (see docs/deploy.md).
-PENDING_SETTINGS = {"IMTEL_GROUP_INSTANCE_ID"}
+PENDING_SETTINGS: set[str] = set()
 
 
 def tool(name: str) -> str | None:
