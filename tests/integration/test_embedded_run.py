@@ -33,6 +33,7 @@ def test_embedded_run_headless(tmp_path: Path) -> None:
                                 "--format", "json"], env=env, capture_output=True, text=True, timeout=30)
             if q.returncode == 0 and q.stdout.strip().startswith("["):
                 rows = json.loads(q.stdout)
+        time.sleep(6)  # at least one live progress line (printed every 5 s)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
