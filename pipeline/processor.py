@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import aggregate
+from . import aggregate, failpoints
 from .batch import Buffer, Origin, new_batch_id
 from .decode import Decoder, Reject, time_reason
 from .metrics import LATENCY_BUCKETS_S, Metrics
@@ -164,15 +164,19 @@ class Processor:
                 self.metrics.dead_letters.labels(self.settings.topic_dead_letters).inc(len(b.dead))
                 b.done.add("dead-sent")
             self.store.insert_arrow("dead_letters", b.dead_letter_table(b.batch_id))
+            failpoints.hit("flush.after_dead_letters")
         b.done.add("dead")
         logs = b.log_table(b.batch_id)
         for raw, table in ((LOGS, logs), (SAMPLES, b.sample_table(b.batch_id))):
             if raw.name not in b.done:
+                failpoints.hit("flush.before_raw")
                 self.store.insert_arrow(raw.name, table)
                 b.done.add(raw.name)
+                failpoints.hit("flush.after_raw")
             if raw.name + "+agg" not in b.done:
                 self.store.aggregate(raw, table.num_rows, b.batch_id)
                 b.done.add(raw.name + "+agg")
+                failpoints.hit("flush.after_aggregate")
         self._after_write(logs)
         offsets = dict(b.next_offsets)
         self.buffer = Buffer()

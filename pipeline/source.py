@@ -25,6 +25,7 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from mode import Service
 
+from . import failpoints
 from .deadletter import DeadLetterError
 from .metrics import Metrics
 from .processor import Processor
@@ -188,7 +189,9 @@ class KafkaBatchSource(Service):
         tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         try:
             consumer = self.consumer
+            failpoints.hit("commit.before")
             await self._io(lambda: consumer.commit(offsets=tps, asynchronous=False))
+            failpoints.hit("commit.after")
             self.metrics.commits.inc()
         except KafkaException as exc:
             # Rows are stored; the next owner finds them past the committed offset and skips them.
@@ -207,6 +210,7 @@ class KafkaBatchSource(Service):
         while self.pending_recovery:
             (topic, partition), committed = next(iter(self.pending_recovery.items()))
             try:
+                failpoints.hit("assign.before_recover")
                 await self._io(self.processor.recover, topic, partition, committed)
                 del self.pending_recovery[(topic, partition)]
             except RETRYABLE as exc:
@@ -234,6 +238,7 @@ class KafkaBatchSource(Service):
         """Eager rebalance: everything is revoked. Flush once if possible, else drop the buffer
         (nothing of it was committed, so the next owner re-reads it)."""
         self.metrics.rebalances.labels("revoked").inc()
+        failpoints.hit("revoke.before_flush")
         if self.processor.buffer.next_offsets:
             try:
                 offsets = self.processor.flush()
