@@ -11,6 +11,7 @@ names the field and the rule, never the value (values may be personal data).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -39,10 +40,18 @@ class Reject:
 
 @dataclass(slots=True)
 class Decoded(Generic[T]):
-    """What one message yields: ``(index, record)`` pairs in message order, and rejects."""
+    """What one message yields: valid records in message order with their indices in the message
+    (``indices`` is None when they are simply elements 0..n-1, the common case, kept cheap), and
+    rejects."""
 
-    records: list[tuple[int, T]]
+    items: list[T]
+    indices: list[int] | None
     rejects: list[Reject]
+
+    @property
+    def records(self) -> list[tuple[int, T]]:
+        """``(index, record)`` pairs."""
+        return list(zip(range(len(self.items)) if self.indices is None else self.indices, self.items, strict=True))
 
 
 def classify(exc: Exception) -> tuple[str, str]:
@@ -68,42 +77,54 @@ class Decoder(Generic[T]):
         self._one: msgspec.json.Decoder[T] = msgspec.json.Decoder(record_type)
         self._many = msgspec.json.Decoder(list[record_type])  # type: ignore[valid-type]
         self._raw_list = msgspec.json.Decoder(list[msgspec.Raw])
+        self.decode_one: Callable[[bytes], T] = self._one.decode  # one object, raises if not exactly that
+        self._lines: Callable[[bytes], list[T]] = self._one.decode_lines
 
     def decode(self, data: bytes | None) -> Decoded[T]:
         """Decode one Kafka message value (object, array, or NDJSON)."""
         if not data or not data.strip():
-            return Decoded([], [Reject(WHOLE_MESSAGE, "empty", "message has no content", data or b"")])
+            return Decoded([], None, [Reject(WHOLE_MESSAGE, "empty", "message has no content", data or b"")])
         head = data.lstrip()[:1]
         if head == b"[":
             return self._decode_array(data)
         try:
-            return Decoded([(0, self._one.decode(data))], [])
+            return Decoded([self._one.decode(data)], None, [])
         except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
             lines = [line for line in data.split(b"\n") if line.strip()]
             if len(lines) > 1 and any(line.lstrip()[:1] == b"{" for line in lines):
+                try:  # NDJSON, all valid: one call (each line one value, else per line below)
+                    items = self._lines(data)
+                    if len(items) == len(lines):
+                        return Decoded(items, None, [])
+                except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+                    pass
                 return self._decode_parts(lines)
-            return Decoded([], [Reject(0, *classify(exc), data)])
+            return Decoded([], None, [Reject(0, *classify(exc), data)])
 
     def _decode_array(self, data: bytes) -> Decoded[T]:
         try:
-            return Decoded(list(enumerate(self._many.decode(data))), [])
+            return Decoded(self._many.decode(data), None, [])
         except msgspec.ValidationError:
             pass
         except (msgspec.DecodeError, RecursionError) as exc:
-            return Decoded([], [Reject(WHOLE_MESSAGE, *classify(exc), data)])
+            return Decoded([], None, [Reject(WHOLE_MESSAGE, *classify(exc), data)])
         try:
             parts = self._raw_list.decode(data)
         except (msgspec.DecodeError, RecursionError) as exc:
-            return Decoded([], [Reject(WHOLE_MESSAGE, *classify(exc), data)])
+            return Decoded([], None, [Reject(WHOLE_MESSAGE, *classify(exc), data)])
         return self._decode_parts([bytes(p) for p in parts])
 
     def _decode_parts(self, parts: list[bytes]) -> Decoded[T]:
-        out: Decoded[T] = Decoded([], [])
+        out: Decoded[T] = Decoded([], [], [])
+        assert out.indices is not None
         for index, part in enumerate(parts):
             try:
-                out.records.append((index, self._one.decode(part)))
+                out.items.append(self._one.decode(part))
+                out.indices.append(index)
             except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
                 out.rejects.append(Reject(index, *classify(exc), part))
+        if not out.rejects:
+            out.indices = None
         return out
 
 

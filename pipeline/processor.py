@@ -9,22 +9,35 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from itertools import compress, repeat
+from operator import attrgetter
 from typing import Any, Protocol
 
+import msgspec
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import aggregate, failpoints
-from .batch import Buffer, Origin, new_batch_id
-from .decode import Decoder, Reject, time_reason
+from .batch import Buffer, DeadLetter, Origin, dead_letter_table, log_batch, new_batch_id, sample_batch
+from .decode import Decoded, Decoder, Reject, time_reason
 from .metrics import LATENCY_BUCKETS_S, Metrics
 from .policy import DAY_MS, Policy
-from .privacy import Minimiser, minimiser
-from .records import MonitoringSample, RequestLog
+from .privacy import Minimiser, minimise_column, minimiser
+from .records import INTERFACE_PATTERN_RE2, LooseMonitoringSample, LooseRequestLog, MonitoringSample, RequestLog
 from .settings import Settings
-from .sinks.clickhouse import LOGS, SAMPLES, ClickHouseStore
+from .sinks.clickhouse import LOGS, SAMPLES, ClickHouseStore, InsertError, RawTable
 
 log = logging.getLogger(__name__)
 SLO_EDGES_MS = tuple(edge * 1000 for edge in LATENCY_BUCKETS_S)
+DETAILS = {"too_old": "event time is older than the retention period",
+           "in_future": "event time is too far in the future",
+           "invalid_ip": "client_ip is not an IPv4 or IPv6 address",
+           "inconsistent": "failures exceeds requests"}
+# Rows ClickHouse refuses as bad data go to dead letters, unless so many are refused that the fault
+# is systemic (schema drift, server bug): then the flush is retried instead of dead-lettering a batch.
+MAX_REJECT_RATIO = 0.01
+MIN_REJECT_LIMIT = 16
 
 
 class Message(Protocol):
@@ -52,6 +65,8 @@ class Processor:
         self.minimise: Minimiser = minimiser(settings.pii_mode, settings.pii_hash_key)
         self.logs_decoder = Decoder(RequestLog)
         self.samples_decoder = Decoder(MonitoringSample)
+        self.logs_fast: Decoder[Any] = Decoder(LooseRequestLog)  # type: ignore[type-var]
+        self.samples_fast: Decoder[Any] = Decoder(LooseMonitoringSample)  # type: ignore[type-var]
         self.max_age_ms = {settings.topic_request_logs: policy.log_data_days * DAY_MS,
                            settings.topic_monitoring_samples: policy.monitoring_data_days * DAY_MS}
         self.skew_ms = settings.max_future_skew_seconds * 1000
@@ -80,58 +95,139 @@ class Processor:
 
     # -- processing -------------------------------------------------------------------------------
     def process(self, messages: Iterable[Message]) -> None:
-        """Decode a batch of Kafka messages into the buffer (valid rows and dead letters)."""
+        """Decode a batch of Kafka messages into the buffer (valid rows and dead letters).
+
+        Hot path: per message only the decode call and a few list appends; everything per record
+        (event-time rule, IP minimisation, columns) is done once per topic over the whole batch."""
         now_ms = int(self.clock() * 1000)
         self.buffer.touch(self.clock())
-        counts: dict[str, list[int]] = {}
+        chunks = {self.settings.topic_request_logs: _Chunk(self.logs_decoder, self.logs_fast),
+                  self.settings.topic_monitoring_samples: _Chunk(self.samples_decoder, self.samples_fast)}
+        messages = list(messages)
+        next_offsets = self.buffer.next_offsets
         for msg in messages:
             topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
-            c = counts.setdefault(topic, [0, 0])
-            c[0] += 1
-            c[1] += self._process_one(msg, topic, partition, offset, now_ms)
-            self.buffer.consumed(topic, partition, offset)
-        for topic, (n_msgs, n_records) in counts.items():
-            self.metrics.messages_consumed.labels(topic).inc(n_msgs)
-            self.metrics.records_consumed.labels(topic).inc(n_records)
+            chunk = chunks[topic]
+            value = msg.value()
+            chunk.messages += 1
+            skip = self.skip.get((topic, partition)) if self.skip else None
+            if skip is not None and offset > skip[1]:
+                del self.skip[(topic, partition)]
+                skip = None
+            if skip is None and value and value[0] == 123:  # b"{": most likely one valid record
+                try:
+                    record = chunk.fast_one(value)
+                except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+                    pass
+                else:
+                    chunk.records.append(record)
+                    chunk.partitions.append(partition)
+                    chunk.offsets.append(offset)
+                    chunk.indices.append(0)
+                    next_offsets[(topic, partition)] = offset + 1
+                    continue
+            decoded = chunk.fast.decode(value)
+            if decoded.rejects:  # the strict decoder names the exact reason
+                decoded = chunk.strict.decode(value)
+            items = decoded.items
+            if decoded.rejects or decoded.indices is not None or skip is not None:
+                self._process_slow(msg, topic, partition, offset, decoded, skip, chunk)
+            else:
+                n = len(items)
+                chunk.records.extend(items)
+                chunk.partitions.extend(repeat(partition, n))
+                chunk.offsets.extend(repeat(offset, n))
+                chunk.indices.extend(range(n))
+            next_offsets[(topic, partition)] = offset + 1
+        for topic, chunk in chunks.items():
+            if chunk.records:
+                chunk.source = messages
+                self._check_patterns(topic, chunk)
+            if chunk.messages:
+                self.metrics.messages_consumed.labels(topic).inc(chunk.messages)
+                self.metrics.records_consumed.labels(topic).inc(len(chunk.records) + chunk.rejected)
+            if chunk.records:
+                self._admit(topic, chunk, now_ms)
 
-    def _process_one(self, msg: Message, topic: str, partition: int, offset: int, now_ms: int) -> int:
-        is_logs = topic == self.settings.topic_request_logs
-        decoded = (self.logs_decoder if is_logs else self.samples_decoder).decode(msg.value())
-        topic_id = self.topic_ids.get(topic, topic)
-        skip = self.skip.get((topic, partition))
-        if skip and offset > skip[1]:
-            del self.skip[(topic, partition)]
-            skip = None
-        max_age, key = self.max_age_ms[topic], msg.key()
+    def _process_slow(self, msg: Message, topic: str, partition: int, offset: int, decoded: Decoded[Any],
+                      skip: tuple[set[tuple[int, int]], int] | None, chunk: _Chunk) -> None:
+        """A message with invalid records, or on a partition replayed after a crash (skip set)."""
+        topic_id, key = self.topic_ids.get(topic, topic), msg.key()
         for reject in decoded.rejects:
+            chunk.rejected += 1
             self._dead(reject, Origin(topic, topic_id, partition, offset, reject.index), key, skip)
         for index, record in decoded.records:
-            origin = Origin(topic, topic_id, partition, offset, index)
             if skip and (offset, index) in skip[0]:
                 self.metrics.records_skipped.labels(topic).inc()
+                chunk.rejected += 1  # counted as consumed, not stored again
                 continue
-            when = record.request_time if isinstance(record, RequestLog) else record.window_start
-            reason = time_reason(when, now_ms, max_age, self.skew_ms)
-            if reason is None and isinstance(record, RequestLog):
-                net = self.minimise(record.client_ip)
-                if net is None:
-                    reason = "invalid_ip"
-                else:
-                    self.buffer.add_log(record, net, origin)
-                    continue
-            elif reason is None and isinstance(record, MonitoringSample):
-                if record.failures > record.requests:
-                    reason = "inconsistent"
-                else:
-                    self.buffer.add_sample(record, origin)
-                    continue
-            detail = {"too_old": "event time is older than the retention period",
-                      "in_future": "event time is too far in the future",
-                      "invalid_ip": "client_ip is not an IPv4 or IPv6 address",
-                      "inconsistent": "failures exceeds requests"}[reason or "inconsistent"]
-            raw = msgspec_encode(record)
-            self._dead(Reject(index, reason or "inconsistent", detail, raw), origin, key, skip)
-        return len(decoded.records) + len(decoded.rejects)
+            chunk.records.append(record)
+            chunk.partitions.append(partition)
+            chunk.offsets.append(offset)
+            chunk.indices.append(index)
+
+    def _check_patterns(self, topic: str, chunk: _Chunk) -> None:
+        """The ``interface`` pattern for the whole chunk at once (RE2, see ``records.loose``). Messages
+        with a failing record are decoded again strictly, which dead-letters exactly what it should."""
+        iface = pa.array(list(map(attrgetter("interface"), chunk.records)), pa.string())
+        ok = pc.match_substring_regex(iface, INTERFACE_PATTERN_RE2)
+        if ok.false_count == 0:
+            chunk.interface = iface
+            return
+        again = {(p, o) for p, o, good in zip(chunk.partitions, chunk.offsets, ok.to_pylist(), strict=True)
+                 if not good}
+        chunk.keep([(p, o) not in again for p, o in zip(chunk.partitions, chunk.offsets, strict=True)])
+        for partition, offset in sorted(again):
+            msg = chunk.message(topic, partition, offset)
+            self._process_slow(msg, topic, partition, offset, chunk.strict.decode(msg.value()), None, chunk)
+
+    def _admit(self, topic: str, chunk: _Chunk, now_ms: int) -> None:
+        """Apply the event-time rule and IP minimisation to a whole chunk; buffer it as columns."""
+        is_logs = topic == self.settings.topic_request_logs
+        records = chunk.records
+        times = np.fromiter(map(attrgetter("request_time" if is_logs else "window_start"), records),
+                            np.int64, len(records))
+        max_age = self.max_age_ms[topic]
+        bad = (times < now_ms - max_age) | (times > now_ms + self.skew_ms)
+        nets: pa.Array | None = None
+        if is_logs:
+            nets = minimise_column(list(map(attrgetter("client_ip"), records)), self.settings.pii_mode,
+                                   self.minimise)
+            if nets.null_count:
+                bad |= nets.is_null().to_numpy(zero_copy_only=False)
+        else:
+            requests = np.fromiter(map(attrgetter("requests"), records), np.int64, len(records))
+            failures = np.fromiter(map(attrgetter("failures"), records), np.int64, len(records))
+            bad |= failures > requests
+        if bad.any():
+            nets = self._reject_rows(topic, chunk, bad, times, now_ms, nets)
+        topic_id = self.topic_ids.get(topic, topic)
+        if not chunk.records:
+            return
+        if is_logs:
+            assert nets is not None
+            self.buffer.add_logs(log_batch(chunk.records, nets, topic_id, chunk.partitions,
+                                           chunk.offsets, chunk.indices, chunk.interface))
+        else:
+            self.buffer.add_samples(sample_batch(chunk.records, topic_id, chunk.partitions, chunk.offsets,
+                                                 chunk.indices, chunk.interface))
+
+    def _reject_rows(self, topic: str, chunk: _Chunk, bad: np.ndarray, times: np.ndarray, now_ms: int,
+                     nets: pa.Array | None) -> pa.Array | None:
+        """Dead-letter the rows that fail the event-time, IP or consistency rule; keep the others."""
+        topic_id = self.topic_ids.get(topic, topic)
+        max_age = self.max_age_ms[topic]
+        for i in np.flatnonzero(bad).tolist():
+            reason = time_reason(int(times[i]), now_ms, max_age, self.skew_ms)
+            if reason is None:
+                reason = "invalid_ip" if nets is not None and not nets[i].is_valid else "inconsistent"
+            origin = Origin(topic, topic_id, chunk.partitions[i], chunk.offsets[i], chunk.indices[i])
+            raw = msgspec_encode(chunk.records[i])
+            self.buffer.add_dead(Reject(origin.index, reason, DETAILS[reason], raw), origin,
+                                 chunk.message(topic, origin.partition, origin.offset).key())
+        keep = (~bad).tolist()
+        chunk.keep(keep)
+        return None if nets is None else nets.filter(pa.array(keep))
 
     def _dead(self, reject: Reject, origin: Origin, key: bytes | None,
               skip: tuple[set[tuple[int, int]], int] | None) -> None:
@@ -151,36 +247,98 @@ class Processor:
     def flush(self) -> dict[tuple[str, int], int]:
         """Write everything buffered; returns the offsets that may now be committed.
 
-        Raises ``InsertError``: nothing may be committed then, and the buffer is kept. Each step is
-        done once: a retry after a failure resumes at the failed step (the buffer remembers what was
-        acknowledged), so a retried flush never writes a row or a dead letter twice."""
+        Raises ``InsertError``/``DeadLetterError``: nothing may be committed then, and the buffer is
+        kept. Each step is done once: a retry after a failure resumes at the failed step (the buffer
+        remembers what was acknowledged, down to the row ranges of a split insert), so a retried
+        flush never writes a row or a dead letter twice."""
         b = self.buffer
         b.batch_id = b.batch_id or new_batch_id()
-        if "dead" not in b.done and b.dead:
-            if "dead-sent" not in b.done:
-                self.dlq.send(b.dead)
-                for letter in b.dead:
-                    self.metrics.records_invalid.labels(letter.origin.topic, letter.reason).inc()
-                self.metrics.dead_letters.labels(self.settings.topic_dead_letters).inc(len(b.dead))
-                b.done.add("dead-sent")
-            self.store.insert_arrow("dead_letters", b.dead_letter_table(b.batch_id))
-            failpoints.hit("flush.after_dead_letters")
-        b.done.add("dead")
-        logs = b.log_table(b.batch_id)
-        for raw, table in ((LOGS, logs), (SAMPLES, b.sample_table(b.batch_id))):
+        self._send_dead(b, b.dead, "dead")
+        if "tables" not in b.done:
+            b.tables = {LOGS.name: b.log_table(b.batch_id), SAMPLES.name: b.sample_table(b.batch_id)}
+            b.logs, b.samples = [], []
+            b.done.add("tables")
+        for raw in (LOGS, SAMPLES):
+            table = b.tables[raw.name]
             if raw.name not in b.done:
                 failpoints.hit("flush.before_raw")
-                self.store.insert_arrow(raw.name, table)
+                self._insert_raw(b, raw, table)
                 b.done.add(raw.name)
                 failpoints.hit("flush.after_raw")
             if raw.name + "+agg" not in b.done:
                 self.store.aggregate(raw, table.num_rows, b.batch_id)
                 b.done.add(raw.name + "+agg")
                 failpoints.hit("flush.after_aggregate")
-        self._after_write(logs)
+        self._send_dead(b, b.rejected, "rejected")
+        self._after_write(b.tables[LOGS.name])
         offsets = dict(b.next_offsets)
         self.buffer = Buffer()
         return offsets
+
+    def _send_dead(self, b: Buffer, letters: list[DeadLetter], step: str) -> None:
+        """Dead letters to Kafka (acknowledged), then to the ledger: each once per flush."""
+        if step in b.done:
+            return
+        if letters:
+            if step + "-sent" not in b.done:
+                self.dlq.send(letters)
+                for letter in letters:
+                    self.metrics.records_invalid.labels(letter.origin.topic, letter.reason).inc()
+                self.metrics.dead_letters.labels(self.settings.topic_dead_letters).inc(len(letters))
+                b.done.add(step + "-sent")
+            self.store.insert_arrow("dead_letters", dead_letter_table(letters, b.batch_id))
+            failpoints.hit("flush.after_dead_letters")
+        b.done.add(step)
+
+    def _insert_raw(self, b: Buffer, raw: RawTable, table: pa.Table) -> None:
+        """Insert one raw table. If ClickHouse rejects it as bad data (a permanent error), split it
+        until the offending rows are isolated: the others are stored, those go to dead letters with
+        reason ``insert_rejected`` instead of blocking the partition forever. When most rows are
+        refused the fault is not in the data (e.g. a schema drift): then nothing is dead-lettered and
+        the error is raised as retryable, so the worker pauses, alerts and waits for a fix."""
+        pending = b.pending.setdefault(raw.name, [(0, table.num_rows)] if table.num_rows else [])
+        bad = b.bad_rows.setdefault(raw.name, [])
+        limit = max(MIN_REJECT_LIMIT, int(table.num_rows * MAX_REJECT_RATIO))
+        stored = 0
+        while pending:
+            lo, hi = pending[-1]
+            try:
+                self.store.insert_arrow(raw.name, table.slice(lo, hi - lo))
+            except InsertError as err:
+                if not err.permanent:
+                    raise
+                pending.pop()
+                if hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    pending += [(mid, hi), (lo, mid)]
+                    continue
+                bad.append(lo)
+                if len(bad) > limit or (stored == 0 and len(bad) >= MIN_REJECT_LIMIT):
+                    pending.extend((i, i + 1) for i in bad)
+                    bad.clear()
+                    log.error("ClickHouse refuses most rows of %s (code %s): not dead-lettering them, the cause "
+                              "is likely the schema or the server, not the data; retrying", raw.name, err.code)
+                    raise InsertError(str(err), err.code, permanent=False) from err
+                b.reject_codes[lo] = err.code
+                continue
+            pending.pop()
+            stored += hi - lo
+        if bad:
+            log.warning("ClickHouse rejected %d rows of %s as bad data; they go to dead letters", len(bad), raw.name)
+            b.rejected.extend(self._rejected_row(raw, table, i, b.reject_codes.get(i)) for i in bad)
+            bad.clear()
+
+    def _rejected_row(self, raw: RawTable, table: pa.Table, row: int, code: int | None) -> DeadLetter:
+        """A dead letter for one stored-format row ClickHouse refused (its client IP is already
+        minimised, so the payload is the row as it would have been stored)."""
+        values = table.slice(row, 1).to_pylist()[0]
+        topic = self.settings.topic_request_logs if raw is LOGS else self.settings.topic_monitoring_samples
+        origin = Origin(topic, values["src_topic_id"], values["src_partition"], values["src_offset"],
+                        values["src_index"])
+        body = {k: v for k, v in values.items() if not k.startswith(("src_", "ingest_"))}
+        body[raw.time_column] = int(table.column(raw.time_column).cast(pa.int64())[row].as_py())
+        return DeadLetter(origin, "insert_rejected", f"ClickHouse refused the row (code {code})",
+                          msgspec_encode(body), str(values["sdk_app_id"]).encode())
 
     def _after_write(self, logs: Any) -> None:
         now = self.clock()
@@ -202,6 +360,52 @@ class Processor:
         dropped = len(self.buffer)
         self.buffer = Buffer()
         return dropped
+
+
+class _Chunk:
+    """Valid records of one topic from one consumed batch, with their Kafka coordinates."""
+
+    __slots__ = (
+        "fast",
+        "fast_one",
+        "indices",
+        "interface",
+        "messages",
+        "msgs",
+        "offsets",
+        "partitions",
+        "records",
+        "rejected",
+        "source",
+        "strict",
+    )
+
+    def __init__(self, strict: Decoder[Any], fast: Decoder[Any]) -> None:
+        self.strict, self.fast = strict, fast
+        self.fast_one = fast.decode_one
+        self.records: list[Any] = []
+        self.partitions: list[int] = []
+        self.offsets: list[int] = []
+        self.indices: list[int] = []
+        self.source: list[Message] = []  # the consumed batch
+        self.msgs: dict[tuple[int, int], Message] = {}  # its messages by partition and offset, when needed
+        self.interface: pa.Array | None = None  # the checked interface column, when still valid
+        self.messages = 0
+        self.rejected = 0
+
+    def message(self, topic: str, partition: int, offset: int) -> Message:
+        """A message of the batch (rare path: to decode it again, or key a dead letter like it)."""
+        if not self.msgs:
+            self.msgs = {(m.partition() or 0, m.offset() or 0): m for m in self.source if m.topic() == topic}
+        return self.msgs[(partition, offset)]
+
+    def keep(self, mask: list[bool]) -> None:
+        """Keep only the rows where ``mask`` is true."""
+        self.records = list(compress(self.records, mask))
+        self.partitions = list(compress(self.partitions, mask))
+        self.offsets = list(compress(self.offsets, mask))
+        self.indices = list(compress(self.indices, mask))
+        self.interface = None
 
 
 def msgspec_encode(record: Any) -> bytes:
