@@ -7,12 +7,15 @@
 - timers: consumer lag, oldest-row age per table, the live terminal line;
 - web (``IMTEL_WEB_PORT``): ``/metrics``, ``/healthz`` (liveness), ``/readyz`` (partitions assigned
   and ClickHouse reachable), ``/queries/{name}`` (named queries, so a second terminal can read the
-  embedded store while this process owns it).
+  embedded store while this process owns it), ``/report`` (the incident-review HTML report),
+  ``/audit``, ``/apps`` and (embedded store only) ``POST /erase`` for the retention CLI commands;
+- timer ``app_retention``: deletes rows past an app's own shorter retention (pipeline/registry.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,6 +30,7 @@ from .deadletter import KafkaDeadLetters
 from .metrics import Metrics
 from .policy import Policy, load_policy
 from .processor import Processor
+from .registry import ENFORCE_INTERVAL_S
 from .settings import Settings
 from .sinks.clickhouse import ClickHouseStore, InsertError, connect
 from .source import KafkaBatchSource
@@ -107,7 +111,8 @@ def build(settings: Settings, metrics: Metrics | None = None, policy: Policy | N
         from .registry import apply_update
 
         async for value in stream:
-            await asyncio.get_running_loop().run_in_executor(None, apply_update, store, value)
+            await asyncio.get_running_loop().run_in_executor(None, apply_update, store, value,
+                                                             settings.clickhouse_cluster)
 
     @app.timer(interval=5.0)
     async def lag() -> None:
@@ -122,6 +127,21 @@ def build(settings: Settings, metrics: Metrics | None = None, policy: Policy | N
         for table, age in ages.items():
             metrics.oldest_row_age.labels(table).set(age)
 
+    @app.timer(interval=float(ENFORCE_INTERVAL_S), on_leader=False)
+    async def app_retention() -> None:
+        """Per-app retention (registry ``retention_days``): ClickHouse cannot express it as a TTL, so
+        rows past it are deleted by mutations (pipeline/registry.py). Idempotent across workers."""
+        from .registry import enforce_app_retention
+
+        try:
+            done = await asyncio.get_running_loop().run_in_executor(
+                None, enforce_app_retention, store, policy, settings.clickhouse_cluster)
+        except InsertError as exc:
+            log.warning("per-app retention not enforced this round: %s", exc)
+            return
+        for line in done:
+            log.info("per-app retention: %s", line)
+
     if live_output:
         view = live.LiveView(metrics, processor)
 
@@ -130,6 +150,7 @@ def build(settings: Settings, metrics: Metrics | None = None, policy: Policy | N
             print(view.line(time.time()), flush=True)
 
     _register_web(app, pipeline)
+    _register_privacy(app, pipeline, policy)
     return pipeline
 
 
@@ -163,3 +184,72 @@ def _register_web(app: faust.App, p: Pipeline) -> None:
             except InsertError as exc:
                 return self.json({"error": str(exc)}, status=503)
             return self.json(result.as_dict())
+
+    @app.page("/report")
+    class Report(View):
+        """The incident-review HTML report (``?app=ID&from=now-1h&to=now``), from the store this worker owns."""
+
+        async def get(self, request: Request) -> Response:
+            from . import report
+
+            try:
+                req = report.parse_request(dict(request.query))
+                data = await asyncio.get_running_loop().run_in_executor(
+                    None, report.collect, report.store_runner(p.store), req)
+            except (report.ReportError, queries.QueryError) as exc:
+                return self.json({"error": str(exc)}, status=400)
+            except InsertError as exc:
+                return self.json({"error": str(exc)}, status=503)
+            return self.html(report.render(data), headers={"Content-Security-Policy": report.CSP})
+
+
+def _register_privacy(app: faust.App, p: Pipeline, policy: Policy) -> None:
+    """``/audit`` (ClickHouse facts of the retention audit), ``/apps`` (the registry) and, with the
+    embedded store only, ``POST /erase``: the CLI's way into the store this process owns. With a server
+    DSN the CLI talks to ClickHouse itself, so no destructive endpoint exists on a shared network; the
+    embedded one answers only the imtel CLI on this host (loopback + ``X-Imtel-Request: cli``, which a
+    browser's cross-site form cannot send)."""
+    from . import audit, erasure, registry
+    from .topics import topic_names
+
+    @app.page("/audit")
+    class Audit(View):
+        async def get(self, request: Request) -> Response:
+            try:
+                facts = await asyncio.get_running_loop().run_in_executor(
+                    None, audit.table_facts, p.store, p.settings.clickhouse_cluster)
+            except InsertError as exc:
+                return self.json({"error": str(exc)}, status=503)
+            return self.json(facts)
+
+    @app.page("/apps")
+    class Apps(View):
+        async def get(self, request: Request) -> Response:
+            try:
+                apps = await asyncio.get_running_loop().run_in_executor(None, registry.list_apps, p.store)
+            except InsertError as exc:
+                return self.json({"error": str(exc)}, status=503)
+            return self.json(registry.jsonable(apps))
+
+    if not p.settings.embedded_store:
+        return
+
+    @app.page("/erase")
+    class Erase(View):
+        async def post(self, request: Request) -> Response:
+            remote = getattr(request, "remote", None)
+            if request.headers.get("X-Imtel-Request") != "cli" or remote not in ("127.0.0.1", "::1"):
+                return self.json({"error": "erasure is accepted only from the imtel CLI on this host"}, status=403)
+            try:
+                body = await request.json()
+                run = functools.partial(
+                    erasure.erase, p.store, erasure.check_app(int(body["app"])),
+                    aggregates=bool(body.get("aggregates")), requested_by=str(body.get("requested_by", ""))[:200],
+                    reference=str(body.get("reference", ""))[:200], topics=topic_names(p.settings), policy=policy,
+                    cluster=p.settings.clickhouse_cluster)
+                report = await asyncio.get_running_loop().run_in_executor(None, run)
+            except (KeyError, TypeError, ValueError) as exc:
+                return self.json({"error": f"bad erasure request: {exc}"}, status=400)
+            except InsertError as exc:
+                return self.json({"error": str(exc)}, status=503)
+            return self.json(report.as_dict())

@@ -6,7 +6,12 @@
   imtel migrate      apply ClickHouse migrations (``--cluster`` for the replicated form)
   imtel topics       create the pipeline's topics (retention from the policy)
   imtel query NAME   a named performance-analysis query (table, csv or json)
+  imtel report       a self-contained HTML incident-review report for one app and a time range
+  imtel audit        retention audit: policy vs tables, rows and topics (exit 1 on a violation)
+  imtel erase        delete every stored row of one application (and log the erasure)
+  imtel apps         application registry: list, add, terminate, enforce per-app retention
   imtel settings     every setting with its env var, default and meaning
+  imtel bench        benchmark against the peers and the machine's limit (results JSON + tables)
 
 Bad arguments or settings end with one line naming the problem (exit 2), never a traceback.
 """
@@ -27,7 +32,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .settings import Settings, SettingsError
+from .settings import Settings, SettingsError, cluster_problem, redact_dsn
 
 
 class UsageError(Exception):
@@ -54,25 +59,42 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from .sinks.clickhouse import connect
 
     s = _settings(args)
+    if problem := cluster_problem(args.cluster):  # rendered into ON CLUSTER '...': never arbitrary text
+        raise UsageError(f"--cluster {problem}")
     _ensure_data_dir(s)
     client = connect(s.clickhouse_url, s.clickhouse_user, s.clickhouse_password)
     cluster = args.cluster or s.clickhouse_cluster
+    policy = _policy(args)
     if cluster:  # replicated local tables + Distributed tables for reads and writes
         from . import cluster_schema
 
-        applied = cluster_schema.apply(client, s.clickhouse_database, cluster)
+        applied = cluster_schema.apply(client, s.clickhouse_database, cluster, policy)
     else:
-        applied = migrations.apply(client, s.clickhouse_database)
+        applied = migrations.apply(client, s.clickhouse_database, policy=policy)
     print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    if any(a.startswith("ttl ") for a in applied):
+        print("note: a changed TTL applies to new parts and to parts merges rewrite; stored parts keep the expiry "
+              "they were written with. To apply a shorter TTL to them now: ALTER TABLE <table> MATERIALIZE TTL "
+              "(a mutation over the whole table)")
     return 0
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    from .topics import ensure_topics
+    from .topics import ensure_topics, reconcile_topics
 
-    created = ensure_topics(_settings(args))
+    s, policy = _settings(args), _policy(args)
+    created = ensure_topics(s, policy=policy)
     print("created: " + (", ".join(created) if created else "nothing (all exist)"))
+    altered = reconcile_topics(s, policy)
+    print("altered: " + ("; ".join(altered) if altered else "nothing (configs match the policy)"))
     return 0
+
+
+def _policy(args: argparse.Namespace) -> Any:
+    """The retention policy: ``--policy PATH`` or schemas/retention.yaml (a broken file: one line)."""
+    from .policy import POLICY_FILE, load_policy
+
+    return load_policy(Path(getattr(args, "policy", None) or POLICY_FILE))
 
 
 def _ensure_data_dir(s: Settings) -> None:
@@ -133,7 +155,7 @@ def cmd_embedded(args: argparse.Namespace) -> int:
                  "--rate", str(args.rate), "--samples", "--invalid-ratio", str(args.invalid_ratio)]
                 + (["--incident-app", str(args.incident_app)] if args.incident_app else []),
                 start_new_session=True)
-        print(f"[imtel] broker 127.0.0.1:{port} | store {s.clickhouse_dsn} | metrics "
+        print(f"[imtel] broker 127.0.0.1:{port} | store {redact_dsn(s.clickhouse_dsn)} | metrics "
               f"http://{s.web_host}:{s.web_port}/metrics | traffic {args.rate}/s | Ctrl-C stops", flush=True)
         return run_worker(s, live_output=True)
     finally:
@@ -163,7 +185,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     from . import queries
 
     s = _settings(args)
-    raw = dict(p.split("=", 1) for p in args.param)
+    raw = _key_values(args.param)
     params = queries.parse_params(args.name, raw)
     result = _query_via_worker(s, args.name, raw)
     if result is None:
@@ -189,6 +211,14 @@ def _query_via_worker(s: Settings, name: str, raw: dict[str, str]) -> dict[str, 
         return None
 
 
+def _key_values(params: list[str]) -> dict[str, str]:
+    """``key=value`` arguments as a dict; anything else is a one-line usage error."""
+    bad = next((p for p in params if "=" not in p), None)
+    if bad is not None:
+        raise UsageError(f"parameters are key=value (e.g. minutes=30), got {bad[:40]!r}")
+    return dict(p.split("=", 1) for p in params)
+
+
 def _render(result: dict[str, Any], fmt: str) -> str:
     cols, rows = result["columns"], result["rows"]
     if fmt == "json":
@@ -203,6 +233,182 @@ def _render(result: dict[str, Any], fmt: str) -> str:
     widths = [max(len(row[i]) for row in text) for i in range(len(cols))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=False)).rstrip() for row in text]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]]) + "\n"
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import report
+
+    s = _settings(args)
+    raw = {"app": args.app, **({"from": args.from_} if args.from_ else {}), **({"to": args.to} if args.to else {})}
+    req = report.parse_request(raw)  # absolute from here on: every section covers the same range
+    absolute = {"app": str(req.app), "from": req.start.isoformat(), "to": req.end.isoformat()}
+    html = _report_via_worker(s, absolute)
+    if html is None:  # no worker owns the store: open it here
+        from .metrics import Metrics
+        from .sinks.clickhouse import ClickHouseStore, InsertError, connect
+
+        store = ClickHouseStore(connect(s.clickhouse_url, s.clickhouse_user, s.clickhouse_password),
+                                s.clickhouse_database, Metrics())
+        try:
+            html = report.render(report.collect(report.store_runner(store), req))
+        except InsertError as exc:
+            if exc.code not in (60, 81):  # UNKNOWN_TABLE, UNKNOWN_DATABASE
+                raise
+            raise UsageError(f"no pipeline tables in {redact_dsn(s.clickhouse_dsn)} (is it the pipeline's store? "
+                             "`imtel migrate` creates them)") from None
+    out = Path(args.out or f"imtel-report-{req.app}-{req.start:%Y%m%dT%H%M}.html")
+    try:
+        out.write_text(html, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc.strerror}") from None
+    print(f"wrote {out} (app {req.app}, {req.start:%Y-%m-%d %H:%M:%S} -> {req.end:%Y-%m-%d %H:%M:%S} UTC)")
+    return 0
+
+
+def _report_via_worker(s: Settings, raw: dict[str, str]) -> str | None:
+    """The report rendered by a running worker (it owns the embedded store); None when none answers."""
+    url = f"http://{s.web_host}:{s.web_port}/report?{urllib.parse.urlencode(raw)}"
+    try:
+        with urllib.request.urlopen(url, timeout=120) as resp:
+            return str(resp.read().decode("utf-8"))
+    except urllib.error.HTTPError as exc:
+        raise UsageError(json.loads(exc.read()).get("error", str(exc))) from None
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def _ask_worker(s: Settings, path: str, body: dict[str, Any] | None = None) -> Any:
+    """GET (or POST ``body`` as JSON) a running worker's web port: with the embedded store only the
+    worker may open it. None when no worker answers; an error it returns is a one-line UsageError."""
+    url = f"http://{s.web_host}:{s.web_port}{path}"
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
+                                     headers={"Content-Type": "application/json", "X-Imtel-Request": "cli"})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error", str(exc))
+        except ValueError:
+            message = f"the worker on port {s.web_port} answered {exc.code} for {path}"
+        raise UsageError(message) from None
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def _direct_store(s: Settings) -> Any:
+    from .metrics import Metrics
+    from .sinks.clickhouse import ClickHouseStore, connect
+
+    return ClickHouseStore(connect(s.clickhouse_url, s.clickhouse_user, s.clickhouse_password),
+                           s.clickhouse_database, Metrics())
+
+
+def _from_store(s: Settings, path: str, direct: Any, body: dict[str, Any] | None = None) -> Any:
+    """Ask the running worker when the store is embedded, else (or when none runs) call ``direct(store)``."""
+    if s.embedded_store:
+        answer = _ask_worker(s, path, body)
+        if answer is not None:
+            return answer
+    return direct(_direct_store(s))
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from . import audit
+    from .topics import topic_specs
+
+    s, policy = _settings(args), _policy(args)
+    specs = topic_specs(s, policy)
+    tables = _from_store(s, "/audit", lambda store: audit.table_facts(store, s.clickhouse_cluster))
+    report = audit.evaluate(tables, audit.topic_facts(s, specs), specs, policy, s.clickhouse_cluster, args.grace)
+    hosts = {h.strip().rsplit(":", 1)[0] for h in s.kafka_bootstrap.split(",")}
+    if hosts <= {"127.0.0.1", "localhost"}:
+        report.notes.append("Kafka on loopback: if this is the bundled broker (embedded mode), it keeps every "
+                            "record in memory and enforces no retention.ms; its configs are checked, not deletions")
+    print((audit.render_json if args.format == "json" else audit.render_text)(report, args.strict), end="")
+    return 1 if report.verdict(args.strict) == "fail" else 0
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    import getpass
+
+    from . import erasure
+    from .topics import topic_names
+
+    s, policy = _settings(args), _policy(args)
+    erasure.check_app(args.app)
+    body = {"app": args.app, "aggregates": args.aggregates, "reference": args.reference,
+            "requested_by": args.requested_by or getpass.getuser()}
+    result = _from_store(s, "/erase", lambda store: erasure.erase(
+        store, args.app, aggregates=args.aggregates, requested_by=body["requested_by"], reference=args.reference,
+        topics=topic_names(s), policy=policy, cluster=s.clickhouse_cluster).as_dict(), body)
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"erasure {result['erasure_id']} of app {result['sdk_app_id']} ({result['scope']}) at "
+              f"{result['erased_at']}, requested by {result['requested_by']}")
+        print(_render({"columns": ["table", "rows_before", "rows_deleted", "rows_remaining"],
+                       "rows": [[t["table"], t["rows_before"], t["rows_deleted"], t["rows_remaining"]]
+                                for t in result["tables"]]}, "table"), end="")
+        for note in result["notes"]:
+            print(f"note: {note}")
+    return 0 if result["complete"] else 1
+
+
+def _apps(s: Settings) -> list[dict[str, Any]]:
+    from . import registry
+
+    return list(_from_store(s, "/apps", lambda store: registry.jsonable(registry.list_apps(store))))
+
+
+def cmd_apps(args: argparse.Namespace) -> int:
+    import time
+
+    from . import registry
+
+    s, policy = _settings(args), _policy(args)
+    if args.action == "list":
+        apps = _apps(s)
+        print(_render({"columns": registry.COLUMNS, "rows": [[a[c] for c in registry.COLUMNS] for a in apps]},
+                      args.format), end="")
+        return 0
+    if args.action == "enforce":
+        if s.embedded_store and _ask_worker(s, "/healthz") is not None:
+            raise UsageError("the running worker enforces per-app retention every "
+                             f"{registry.ENFORCE_INTERVAL_S // 60} minutes (it owns the embedded store)")
+        done = registry.enforce_app_retention(_direct_store(s), policy, s.clickhouse_cluster, wait=True)
+        print("deleted: " + ("; ".join(done) if done else "nothing due"))
+        return 0
+    current = {int(a["sdk_app_id"]): a for a in _apps(s)}.get(args.app_id)
+    now_ms = int(time.time() * 1000)
+    if args.action == "add":
+        longest = max(policy.categories[k].retention_days for k in policy.per_app_caps)
+        if args.retention_days is not None and not 1 <= args.retention_days < longest:
+            raise UsageError(f"--retention-days must be 1..{longest - 1} (shorter than the policy's {longest} days)")
+        changes = {"name": args.name, "status": "active", "terminated_at": None,
+                   "retention_days": args.retention_days}
+        update = (registry.update_from_row(current, **changes) if current else
+                  registry.make_update(sdk_app_id=args.app_id, name=args.name, created_at=now_ms,
+                                       retention_days=args.retention_days))
+    else:  # terminate
+        if current is None:
+            raise UsageError(f"app {args.app_id} is not in the registry")
+        if current["status"] == "terminated":
+            print(f"app {args.app_id} was already terminated at {current['terminated_at']}")
+            return 0
+        update = registry.update_from_row(current, status="terminated", terminated_at=now_ms)
+    registry.publish(s, update)
+    print(f"published to {s.topic_applications}: app {update.sdk_app_id} {update.name!r} {update.status}"
+          + (f", retention {update.retention_days}d" if update.retention_days else "")
+          + " (the worker's registry agent applies it)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import harness
+
+    return harness.main(args, sys.argv[2:] if len(sys.argv) > 2 and sys.argv[1] == "bench" else [])
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
@@ -235,14 +441,50 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--invalid-ratio", type=_ratio, default=0.0, help="share of malformed messages")
     g.add_argument("--incident-app", type=int, default=0, help="sdk_app_id whose errors/latency jump")
     g.add_argument("--samples", action="store_true", help="also send monitoring samples")
-    m = add("migrate", cmd_migrate, "apply ClickHouse migrations")
+    m = add("migrate", cmd_migrate, "apply ClickHouse migrations and reconcile TTLs with the retention policy")
     m.add_argument("--cluster", default="", help="render ON CLUSTER + Replicated engines for this cluster")
-    add("topics", cmd_topics, "create the pipeline's Kafka topics")
+    m.add_argument("--policy", help="retention policy file (default: schemas/retention.yaml)")
+    t = add("topics", cmd_topics, "create the pipeline's Kafka topics and set their retention from the policy")
+    t.add_argument("--policy", help="retention policy file (default: schemas/retention.yaml)")
+    au = add("audit", cmd_audit, "check tables, rows and topics against the retention policy")
+    au.add_argument("--format", choices=("table", "json"), default="table")
+    au.add_argument("--policy", help="retention policy file (default: schemas/retention.yaml)")
+    au.add_argument("--grace", type=_nonneg_int, default=3600,
+                    help="seconds a row may be past its TTL before it counts (TTL merges run hourly)")
+    au.add_argument("--strict", action="store_true", help="drift from the declared configs fails too")
+    er = add("erase", cmd_erase, "delete every stored row of one application (idempotent, logged)")
+    er.add_argument("--app", type=int, required=True, help="sdk_app_id whose data is erased")
+    er.add_argument("--aggregates", action="store_true", help="also delete its interface_stats_1m aggregates")
+    er.add_argument("--requested-by", default="", help="who asked (default: the OS user)")
+    er.add_argument("--reference", default="", help="request reference, e.g. a ticket id")
+    er.add_argument("--format", choices=("table", "json"), default="table")
+    er.add_argument("--policy", help="retention policy file (default: schemas/retention.yaml)")
+    ap = add("apps", cmd_apps, "application registry (Configuration Data)")
+    ap.add_argument("--policy", help="retention policy file (default: schemas/retention.yaml)")
+    actions = ap.add_subparsers(dest="action", required=True)
+    al = actions.add_parser("list", help="every registered app")
+    al.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    aa = actions.add_parser("add", help="register an app, or rename / change its retention (publishes an update)")
+    aa.add_argument("app_id", type=_app_id)
+    aa.add_argument("name")
+    aa.add_argument("--retention-days", type=int, default=None,
+                    help="keep this app's logs and samples fewer days than the policy")
+    at = actions.add_parser("terminate", help="terminate an app: its configuration is deleted 60 days later")
+    at.add_argument("app_id", type=_app_id)
+    actions.add_parser("enforce", help="delete rows past per-app retention now (the worker does it every 5 min)")
     q = add("query", cmd_query, "run a named performance-analysis query")
     q.add_argument("name")
     q.add_argument("param", nargs="*", help="key=value parameters, e.g. minutes=30 app=1400000001")
     q.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    r = add("report", cmd_report, "write a self-contained HTML incident-review report for one app")
+    r.add_argument("--app", required=True, help="sdk_app_id")
+    r.add_argument("--from", dest="from_", help="start: now-2h, ISO-8601 (UTC) or epoch (default: an hour before --to)")
+    r.add_argument("--to", help="end: now, now-30m, ISO-8601 (UTC) or epoch (default: now)")
+    r.add_argument("--out", help="output file (default: imtel-report-APP-START.html)")
     add("settings", cmd_settings, "list every setting")
+    from .bench.options import add_arguments as bench_arguments
+
+    bench_arguments(add("bench", cmd_bench, "benchmark the pipeline against the peers and the machine's limit"))
     return p
 
 
@@ -250,6 +492,20 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError("must be a positive whole number")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def _app_id(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 4_294_967_295:
+        raise argparse.ArgumentTypeError("must be an sdk_app_id (1..4294967295)")
     return value
 
 
@@ -267,8 +523,17 @@ def _ratio(text: str) -> float:
     return value
 
 
+# ClickHouse error codes that mean the credentials were refused (AUTHENTICATION_FAILED, UNKNOWN_USER,
+# WRONG_PASSWORD, REQUIRED_PASSWORD): the one-line error then says which settings to check.
+AUTH_CODES = frozenset({516, 192, 193, 194})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command not in ("worker", "embedded") and os.environ.get("IMTEL_LOG_LEVEL") != "debug":
+        # one-shot commands end with one line: the drivers' own error logs would be more lines
+        for noisy in ("clickhouse_connect", "imtel.kafka"):
+            logging.getLogger(noisy).setLevel(logging.CRITICAL)
     try:
         return int(args.fn(args) or 0)
     except (SettingsError, UsageError, ValueError) as exc:
@@ -281,7 +546,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from .sinks.clickhouse import classify
 
-        print(f"imtel {args.command}: {type(exc).__name__}: {classify(exc)}", file=sys.stderr)
+        err = classify(exc)
+        if err.code in AUTH_CODES:
+            print(f"imtel {args.command}: ClickHouse refused the credentials (code {err.code}); check "
+                  "IMTEL_CLICKHOUSE_USER and IMTEL_CLICKHOUSE_PASSWORD (or _FILE): " + str(err), file=sys.stderr)
+        else:
+            print(f"imtel {args.command}: {type(exc).__name__}: {err}", file=sys.stderr)
         return 1
 
 

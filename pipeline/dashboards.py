@@ -16,6 +16,8 @@ Real-time panels read Prometheus; history and drill-downs read ClickHouse throug
 ``grafana-clickhouse-datasource`` plugin with its macros. :func:`panel_queries` lists every query of
 every panel and variable, with PromQL variables and ClickHouse macros expanded for a given time range
 and variable values (:func:`expand_sql` mimics the plugin), so tests can run them on real engines.
+ClickHouse panels and the app picker name apps from the ``applications`` registry ("name (id)"; the
+bare id when the registry does not know the app).
 """
 
 from __future__ import annotations
@@ -279,6 +281,11 @@ IFACE_FILTER = "$__conditionalAll(interface IN (${interface:singlequote}), $inte
 APP_NAMES = (
     f"(SELECT sdk_app_id, argMax(name, updated_at) AS app_name FROM {DB}.applications GROUP BY sdk_app_id)"
 )
+# Series label / option text of an app joined as ``s`` with APP_NAMES as ``n``: "name (id)", or the id.
+APP_LABEL = (
+    "if(ifNull(n.app_name, '') = '', toString(s.sdk_app_id), "
+    "concat(n.app_name, ' (', toString(s.sdk_app_id), ')'))"
+)
 
 
 def rate_by_app(outcome: str | None = None, window: str = "$__rate_interval", extra: str = "") -> str:
@@ -416,11 +423,15 @@ def api_overview() -> dashboard.Dashboard:
             "Success rate per app (interface_stats_1m)",
             [
                 SQL(f"""
-        SELECT $__timeInterval(minute) AS time, toString(sdk_app_id) AS app,
-               1 - sum(failures) / nullIf(sum(requests), 0) AS success_rate
-        FROM {DB}.interface_stats_1m
-        WHERE $__timeFilter(minute) AND source = 'log'
-        GROUP BY time, app
+        SELECT s.time AS time, {APP_LABEL} AS app, s.success_rate AS success_rate
+        FROM (
+            SELECT $__timeInterval(minute) AS time, sdk_app_id,
+                   1 - sum(failures) / nullIf(sum(requests), 0) AS success_rate
+            FROM {DB}.interface_stats_1m
+            WHERE $__timeFilter(minute) AND source = 'log'
+            GROUP BY time, sdk_app_id
+        ) AS s
+        LEFT JOIN {APP_NAMES} AS n ON n.sdk_app_id = s.sdk_app_id
         ORDER BY time""")
             ],
             "percentunit",
@@ -435,11 +446,15 @@ def api_overview() -> dashboard.Dashboard:
             "p95 latency per app (interface_stats_1m)",
             [
                 SQL(f"""
-        SELECT $__timeInterval(minute) AS time, toString(sdk_app_id) AS app,
-               quantilesTimingMerge(0.5, 0.9, 0.95, 0.99)(latency_q)[3] AS p95_ms
-        FROM {DB}.interface_stats_1m
-        WHERE $__timeFilter(minute) AND source = 'log'
-        GROUP BY time, app
+        SELECT s.time AS time, {APP_LABEL} AS app, s.p95_ms AS p95_ms
+        FROM (
+            SELECT $__timeInterval(minute) AS time, sdk_app_id,
+                   quantilesTimingMerge(0.5, 0.9, 0.95, 0.99)(latency_q)[3] AS p95_ms
+            FROM {DB}.interface_stats_1m
+            WHERE $__timeFilter(minute) AND source = 'log'
+            GROUP BY time, sdk_app_id
+        ) AS s
+        LEFT JOIN {APP_NAMES} AS n ON n.sdk_app_id = s.sdk_app_id
         ORDER BY time""")
             ],
             "ms",
@@ -537,12 +552,17 @@ def app_drilldown() -> dashboard.Dashboard:
         dashboard.QueryVariable("sdk_app_id")
         .label("App (sdk_app_id)")
         .datasource(CH)
+        .description("Apps with traffic in the time range, named from the applications registry when it knows them.")
         .query(
-            f"SELECT DISTINCT toString(sdk_app_id) FROM {DB}.interface_stats_1m "
-            "WHERE $__timeFilter(minute) ORDER BY 1"
+            # two columns: the plugin takes the first as the value (the id the panels filter on) and the
+            # second as the text shown in the picker
+            f"SELECT toString(s.sdk_app_id) AS value, {APP_LABEL} AS text\n"
+            f"FROM (SELECT DISTINCT sdk_app_id FROM {DB}.interface_stats_1m WHERE $__timeFilter(minute)) AS s\n"
+            f"LEFT JOIN {APP_NAMES} AS n ON n.sdk_app_id = s.sdk_app_id\n"
+            "ORDER BY text"
         )
         .refresh(dash_m.VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .sort(dash_m.VariableSort.NUMERICAL_ASC)
+        .sort(dash_m.VariableSort.ALPHABETICAL_CASE_INSENSITIVE_ASC)
         .multi(True)
         .include_all(True)
         .all_value(".*")
@@ -741,12 +761,21 @@ def app_drilldown() -> dashboard.Dashboard:
             [
                 SQL(
                     f"""
-        SELECT request_time, sdk_app_id, interface, latency_ms, error_code, exception,
-               region, platform, client_net, request_id
-        FROM {DB}.request_logs
-        WHERE {where_logs}
-        ORDER BY latency_ms DESC
-        LIMIT 100""",
+        SELECT s.request_time AS request_time, s.sdk_app_id AS sdk_app_id,
+               if(ifNull(n.app_name, '') = '', toString(s.sdk_app_id), n.app_name) AS app_name,
+               s.interface AS interface, s.latency_ms AS latency_ms,
+               s.error_code AS error_code, s.exception AS exception, s.region AS region,
+               s.platform AS platform, s.client_net AS client_net, s.request_id AS request_id
+        FROM (
+            SELECT request_time, sdk_app_id, interface, latency_ms, error_code, exception,
+                   region, platform, client_net, request_id
+            FROM {DB}.request_logs
+            WHERE {where_logs}
+            ORDER BY latency_ms DESC
+            LIMIT 100
+        ) AS s
+        LEFT JOIN {APP_NAMES} AS n ON n.sdk_app_id = s.sdk_app_id
+        ORDER BY s.latency_ms DESC""",
                     table_format=True,
                 )
             ],
@@ -842,7 +871,9 @@ def pipeline_health() -> dashboard.Dashboard:
                     "B",
                 ),
                 promql(
-                    f"sum by (topic) (rate(imtel_records_skipped_total{{{JOB}}}[$__rate_interval]))",
+                    # 0 until a replay skips anything (the counter only exists once it did)
+                    f"sum by (topic) (rate(imtel_records_skipped_total{{{JOB}}}[$__rate_interval]))\n"
+                    f"or sum by (topic) (rate(imtel_records_consumed_total{{{JOB}}}[$__rate_interval])) * 0",
                     "{{topic}} skipped (replay)",
                     "C",
                 ),
@@ -956,7 +987,9 @@ def pipeline_health() -> dashboard.Dashboard:
             "Insert failures by kind",
             [
                 promql(
-                    f"sum by (table, kind) (rate(imtel_insert_failures_total{{{JOB}}}[$__rate_interval]))",
+                    # a flat 0 per table while nothing failed, rather than "No data"
+                    f"sum by (table, kind) (rate(imtel_insert_failures_total{{{JOB}}}[$__rate_interval]))\n"
+                    f"or on (table) sum by (table) (rate(imtel_rows_written_total{{{JOB}}}[$__rate_interval])) * 0",
                     "{{table}} {{kind}}",
                 )
             ],

@@ -26,6 +26,10 @@ REASONS = (
     "invalid_ip", "too_old", "in_future", "inconsistent", "insert_rejected",
 )
 WHOLE_MESSAGE = -1
+# What msgspec raises on bad input: invalid UTF-8 inside a string is a UnicodeDecodeError, not a
+# DecodeError, and a deeply nested document a RecursionError.
+SYNTAX = (msgspec.DecodeError, RecursionError, UnicodeDecodeError)
+BAD_INPUT = (msgspec.ValidationError, *SYNTAX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,8 @@ def classify(exc: Exception) -> tuple[str, str]:
     """Map a msgspec error to (reason, detail). msgspec messages name paths and rules, not values."""
     if isinstance(exc, RecursionError):
         return "invalid_json", "JSON nested too deeply"
+    if isinstance(exc, UnicodeDecodeError):
+        return "invalid_json", "invalid UTF-8 in a string"
     text = str(exc)
     if isinstance(exc, msgspec.ValidationError):
         if text.startswith("Object missing required field"):
@@ -89,28 +95,31 @@ class Decoder(Generic[T]):
             return self._decode_array(data)
         try:
             return Decoded([self._one.decode(data)], None, [])
-        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
+        except BAD_INPUT as exc:
             lines = [line for line in data.split(b"\n") if line.strip()]
             if len(lines) > 1 and any(line.lstrip()[:1] == b"{" for line in lines):
                 try:  # NDJSON, all valid: one call (each line one value, else per line below)
                     items = self._lines(data)
                     if len(items) == len(lines):
                         return Decoded(items, None, [])
-                except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+                except BAD_INPUT:
                     pass
                 return self._decode_parts(lines)
             return Decoded([], None, [Reject(0, *classify(exc), data)])
 
     def _decode_array(self, data: bytes) -> Decoded[T]:
         try:
-            return Decoded(self._many.decode(data), None, [])
+            items = self._many.decode(data)
+            if items:
+                return Decoded(items, None, [])
+            return Decoded([], None, [Reject(WHOLE_MESSAGE, "empty", "the array holds no records", data)])
         except msgspec.ValidationError:
             pass
-        except (msgspec.DecodeError, RecursionError) as exc:
+        except SYNTAX as exc:
             return Decoded([], None, [Reject(WHOLE_MESSAGE, *classify(exc), data)])
         try:
             parts = self._raw_list.decode(data)
-        except (msgspec.DecodeError, RecursionError) as exc:
+        except SYNTAX as exc:
             return Decoded([], None, [Reject(WHOLE_MESSAGE, *classify(exc), data)])
         return self._decode_parts([bytes(p) for p in parts])
 
@@ -121,7 +130,7 @@ class Decoder(Generic[T]):
             try:
                 out.items.append(self._one.decode(part))
                 out.indices.append(index)
-            except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
+            except BAD_INPUT as exc:
                 out.rejects.append(Reject(index, *classify(exc), part))
         if not out.rejects:
             out.indices = None

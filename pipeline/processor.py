@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from . import aggregate, failpoints
 from .batch import Buffer, DeadLetter, Origin, dead_letter_table, log_batch, new_batch_id, sample_batch
-from .decode import Decoded, Decoder, Reject, time_reason
+from .decode import BAD_INPUT, Decoded, Decoder, Reject, time_reason
 from .metrics import LATENCY_BUCKETS_S, Metrics
 from .policy import DAY_MS, Policy
 from .privacy import Minimiser, minimise_column, minimiser
@@ -73,6 +73,7 @@ class Processor:
         self.buffer = Buffer()
         self.topic_ids: dict[str, str] = {}
         self.skip: dict[tuple[str, int], tuple[set[tuple[int, int]], int]] = {}
+        self.records_per_message = 1.0  # moving average over consumed batches
         self.recent: list[tuple[float, aggregate.Summary]] = []  # (time, summary) for the live view
 
     # -- assignment -------------------------------------------------------------------------------
@@ -117,7 +118,7 @@ class Processor:
             if skip is None and value and value[0] == 123:  # b"{": most likely one valid record
                 try:
                     record = chunk.fast_one(value)
-                except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+                except BAD_INPUT:
                     pass
                 else:
                     chunk.records.append(record)
@@ -139,6 +140,9 @@ class Processor:
                 chunk.offsets.extend(repeat(offset, n))
                 chunk.indices.extend(range(n))
             next_offsets[(topic, partition)] = offset + 1
+        n_records = sum(len(c.records) + c.rejected for c in chunks.values())
+        if messages:  # the source sizes its next poll with this, to bound what one poll can buffer
+            self.records_per_message = 0.7 * self.records_per_message + 0.3 * (n_records / len(messages))
         for topic, chunk in chunks.items():
             if chunk.records:
                 chunk.source = messages
@@ -244,14 +248,31 @@ class Processor:
         return len(b) >= self.settings.batch_max_records or (
             self.clock() - b.started >= self.settings.batch_max_seconds)
 
-    def flush(self) -> dict[tuple[str, int], int]:
-        """Write everything buffered; returns the offsets that may now be committed.
-
-        Raises ``InsertError``/``DeadLetterError``: nothing may be committed then, and the buffer is
-        kept. Each step is done once: a retry after a failure resumes at the failed step (the buffer
-        remembers what was acknowledged, down to the row ranges of a split insert), so a retried
-        flush never writes a row or a dead letter twice."""
+    def seal(self) -> Buffer | None:
+        """Hand over the current buffer for writing (see ``write``) and start a new one."""
         b = self.buffer
+        if not b.next_offsets:
+            return None
+        self.buffer = Buffer()
+        return b
+
+    def flush(self) -> dict[tuple[str, int], int]:
+        """Write the current buffer now (synchronously); it stays current if writing fails."""
+        b = self.buffer
+        offsets = self.write(b)
+        if self.buffer is b:
+            self.buffer = Buffer()
+        return offsets
+
+    def write(self, b: Buffer) -> dict[tuple[str, int], int]:
+        """Write one sealed buffer; returns the offsets that may now be committed.
+
+        Runs on an I/O thread while the next buffer fills: it touches only ``b``, the store (locked),
+        the dead-letter producer and the metrics (both thread-safe).
+        Raises ``InsertError``/``DeadLetterError``: nothing may be committed then. Each step is done
+        once: a retry after a failure resumes at the failed step (the buffer remembers what was
+        acknowledged, down to the row ranges of a split insert), so a retried write never stores a
+        row or a dead letter twice."""
         b.batch_id = b.batch_id or new_batch_id()
         self._send_dead(b, b.dead, "dead")
         if "tables" not in b.done:
@@ -270,10 +291,10 @@ class Processor:
                 b.done.add(raw.name + "+agg")
                 failpoints.hit("flush.after_aggregate")
         self._send_dead(b, b.rejected, "rejected")
-        self._after_write(b.tables[LOGS.name])
-        offsets = dict(b.next_offsets)
-        self.buffer = Buffer()
-        return offsets
+        if "metrics" not in b.done:
+            self._after_write(b.tables[LOGS.name])
+            b.done.add("metrics")
+        return dict(b.next_offsets)
 
     def _send_dead(self, b: Buffer, letters: list[DeadLetter], step: str) -> None:
         """Dead letters to Kafka (acknowledged), then to the ledger: each once per flush."""
@@ -409,6 +430,5 @@ class _Chunk:
 
 
 def msgspec_encode(record: Any) -> bytes:
-    import msgspec
 
     return msgspec.json.encode(record)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,14 +19,21 @@ from typing import Any
 PREFIX = "IMTEL_"
 PII_MODES = ("prefix", "hash", "drop")
 SECRET_FIELDS = frozenset({"kafka_sasl_password", "clickhouse_password", "pii_hash_key"})
+# Names that end up in SQL text (identifiers cannot be bound parameters) or in Kafka requests: checked
+# here so that no setting can carry SQL into a statement, and a typo is a one-line error at start.
+SQL_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+CLUSTER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_DSN_USERINFO = re.compile(r"(?<=://)[^/@]*@")
 
 
 class SettingsError(ValueError):
     """A setting is missing, malformed or inconsistent; the message names it."""
 
 
-def _f(default: Any, doc: str) -> Any:
-    return field(default=default, metadata={"doc": doc})
+def _f(default: Any, doc: str, secret: bool = False) -> Any:
+    """A setting; a secret one is left out of ``repr`` (a logged or printed Settings object)."""
+    return field(default=default, metadata={"doc": doc}, repr=not secret)
 
 
 @dataclass(frozen=True)
@@ -37,7 +45,7 @@ class Settings:
     kafka_security_protocol: str = _f("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
     kafka_sasl_mechanism: str = _f("SCRAM-SHA-512", "SASL mechanism when SASL is used.")
     kafka_sasl_username: str = _f("", "SASL user name.")
-    kafka_sasl_password: str = _f("", "SASL password (or IMTEL_KAFKA_SASL_PASSWORD_FILE).")
+    kafka_sasl_password: str = _f("", "SASL password (or IMTEL_KAFKA_SASL_PASSWORD_FILE).", secret=True)
     kafka_ssl_ca_location: str = _f("", "CA bundle for TLS to Kafka.")
     kafka_max_poll_interval_ms: int = _f(
         10_000, "max.poll.interval.ms, also the group rebalance timeout (the bundled broker waits this long "
@@ -56,7 +64,7 @@ class Settings:
                              "chdb://PATH (embedded store; relative or absolute) or http(s)://host:8123.")
     clickhouse_database: str = _f("imtel", "Database holding the pipeline's tables.")
     clickhouse_user: str = _f("default", "ClickHouse user (HTTP only).")
-    clickhouse_password: str = _f("", "ClickHouse password (or IMTEL_CLICKHOUSE_PASSWORD_FILE).")
+    clickhouse_password: str = _f("", "ClickHouse password (or IMTEL_CLICKHOUSE_PASSWORD_FILE).", secret=True)
     clickhouse_cluster: str = _f("", "Cluster name: when set, migrations use ON CLUSTER + Replicated engines.")
     # Batching
     batch_max_records: int = _f(50_000, "Rows buffered before an insert (1..1,000,000).")
@@ -65,7 +73,7 @@ class Settings:
     max_future_skew_seconds: int = _f(300, "Records stamped further in the future go to dead letters.")
     # Privacy
     pii_mode: str = _f("prefix", "How the exit IP is minimised: prefix (/24, /48), hash (keyed) or drop.")
-    pii_hash_key: str = _f("", "Secret key for pii_mode=hash (or IMTEL_PII_HASH_KEY_FILE).")
+    pii_hash_key: str = _f("", "Secret key for pii_mode=hash (or IMTEL_PII_HASH_KEY_FILE).", secret=True)
     # Metrics / web
     web_host: str = _f("127.0.0.1", "Address the worker's HTTP server binds (metrics, health, queries).")
     web_port: int = _f(6066, "Port of /metrics, /healthz, /readyz and /queries.")
@@ -109,7 +117,13 @@ class Settings:
             (1 <= self.topic_partitions <= 1024, "IMTEL_TOPIC_PARTITIONS must be 1..1024."),
             (self.clickhouse_dsn.split(":", 1)[0] in ("chdb", "http", "https"),
              "IMTEL_CLICKHOUSE_DSN must start with chdb:, http: or https:."),
-            (self.clickhouse_database.isidentifier(), "IMTEL_CLICKHOUSE_DATABASE must be a plain identifier."),
+            (SQL_IDENTIFIER.fullmatch(self.clickhouse_database) is not None,
+             "IMTEL_CLICKHOUSE_DATABASE must be a plain identifier (letters, digits, _; not starting with a digit)."),
+            (cluster_problem(self.clickhouse_cluster) is None,
+             f"IMTEL_CLICKHOUSE_CLUSTER {cluster_problem(self.clickhouse_cluster)}"),
+            *[(TOPIC_NAME.fullmatch(getattr(self, f"topic_{t}")) is not None,
+               f"IMTEL_TOPIC_{t.upper()} must be a Kafka topic name (letters, digits, '.', '_', '-'; 1..249).")
+              for t in ("request_logs", "monitoring_samples", "dead_letters", "applications")],
             (bool(self.kafka_bootstrap.strip()), "IMTEL_KAFKA_BOOTSTRAP must name at least one broker."),
             (self.log_level in ("debug", "info", "warning", "error"),
              "IMTEL_LOG_LEVEL must be debug, info, warning or error."),
@@ -148,17 +162,31 @@ class Settings:
         return conf
 
     def redacted(self) -> dict[str, Any]:
-        """Settings as a dict with secrets masked, safe to log or print."""
+        """Settings as a dict with secrets masked, safe to log or print (credentials written into the
+        DSN's user-info part too)."""
         out = dataclasses.asdict(self)
         for name in SECRET_FIELDS:
             if out.get(name):
                 out[name] = "***"
+        out["clickhouse_dsn"] = redact_dsn(self.clickhouse_dsn)
         return out
 
     @staticmethod
     def describe() -> list[tuple[str, str, str]]:
         """(env var, default, meaning) of every setting, for ``imtel settings`` and the README."""
         return [(PREFIX + f.name.upper(), repr(f.default), f.metadata["doc"]) for f in dataclasses.fields(Settings)]
+
+
+def cluster_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a ClickHouse cluster name (it is rendered into ``ON CLUSTER '...'``), or None."""
+    if not name or CLUSTER_NAME.fullmatch(name):
+        return None
+    return "must be a cluster name from the server's remote_servers (letters, digits, '_', '.', '-')."
+
+
+def redact_dsn(dsn: str) -> str:
+    """``https://user:secret@host`` -> ``https://***@host``: for messages that name the server."""
+    return _DSN_USERINFO.sub("***@", dsn)
 
 
 def _read_secret(name: str, path: str) -> str:

@@ -4,11 +4,13 @@ Why not faust's own consumer: faust pays ~90 CPU-µs per event in its stream mac
 one faust event per *batch* of up to ``consume_max_messages`` messages keeps faust as the framework
 (agent, lifecycle, web server, timers) while the per-record path is plain Python + numpy + Arrow.
 
-The loop, one step at a time (so rebalance callbacks never race a flush):
-poll a batch -> hand it to the agent and wait until it is buffered -> flush when the buffer is full
-or old -> commit the offsets the flush returned. Offsets are committed *only* after ClickHouse (and
-Kafka, for dead letters) acknowledged. While a flush fails (ClickHouse down), partitions are paused
-and the consumer keeps polling so it stays in the group; the flush is retried with backoff.
+The loop: poll a batch -> hand it to the agent and wait until it is buffered -> when the buffer is
+full or old, seal it and write it on an I/O thread while the next one fills (at most one write in
+flight: that bounds memory to two buffers and keeps commits in order) -> when the write is
+acknowledged, commit its offsets. Offsets are committed *only* after ClickHouse (and Kafka, for dead
+letters) acknowledged. While a write fails (ClickHouse down), partitions are paused and the consumer
+keeps polling so it stays in the group; the write is retried with backoff. A revocation waits for
+the write in flight and commits it (rebalance callbacks run inside ``consume``, on the loop's turn).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
@@ -26,6 +29,7 @@ from confluent_kafka.admin import AdminClient
 from mode import Service
 
 from . import failpoints
+from .batch import Buffer
 from .deadletter import DeadLetterError
 from .metrics import Metrics
 from .processor import Processor
@@ -34,6 +38,15 @@ from .sinks.clickhouse import InsertError
 
 log = logging.getLogger(__name__)
 RETRYABLE = (InsertError, DeadLetterError, KafkaException)
+
+
+@dataclass
+class Flight:
+    """A sealed buffer being written on the I/O pool (at most one at a time, so commits stay in
+    order and memory is bounded to two buffers)."""
+
+    buffer: Buffer
+    future: Future[dict[tuple[str, int], int]]
 
 
 class KafkaBatchSource(Service):
@@ -52,6 +65,7 @@ class KafkaBatchSource(Service):
         self.ready = False
         self.stopping = False
         self.last_topic_check = 0.0
+        self.flight: Flight | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def on_start(self) -> None:
@@ -60,7 +74,7 @@ class KafkaBatchSource(Service):
                 "enable.partition.eof": False,
                 "max.poll.interval.ms": self.settings.kafka_max_poll_interval_ms,
                 "session.timeout.ms": min(30_000, self.settings.kafka_max_poll_interval_ms),
-                "fetch.max.bytes": 52_428_800,
+                "fetch.max.bytes": 52_428_800, "queued.max.messages.kbytes": 16_384,
                 "partition.assignment.strategy": "range"}
         if self.settings.group_instance_id:
             conf["group.instance.id"] = self.settings.group_instance_id
@@ -111,7 +125,7 @@ class KafkaBatchSource(Service):
         assert self.consumer is not None
         while not (self.should_stop or self.stopping):
             try:
-                messages = await self._io(self.consumer.consume, self.settings.consume_max_messages, 0.2)
+                messages = await self._io(self.consumer.consume, self._poll_size(), 0.2)
             except RuntimeError:  # consumer closed while stopping
                 return
             data = [m for m in messages if self._keep(m)]
@@ -119,8 +133,17 @@ class KafkaBatchSource(Service):
                 await self._recover()
             if data:
                 await asyncio.wait_for(self.deliver(data), timeout=120)
+            if self.flight is not None and self.flight.future.done():
+                await self._land()
             if self.processor.should_flush():
-                await self._flush()
+                await self._land()  # one write in flight at a most: this is the backpressure
+                self._launch()
+
+    def _poll_size(self) -> int:
+        """Messages to fetch: enough to fill the buffer, not more. A message may carry hundreds of
+        records, so a fixed count would let one poll buffer far more than ``batch_max_records``."""
+        room = max(1, self.settings.batch_max_records - len(self.processor.buffer))
+        return max(1, min(self.settings.consume_max_messages, int(room / max(1.0, self.processor.records_per_message))))
 
     def _keep(self, msg: Any) -> bool:
         err = msg.error()
@@ -142,25 +165,46 @@ class KafkaBatchSource(Service):
             if created:
                 log.warning("topics were missing and have been recreated: %s", ", ".join(created))
 
-    async def _flush(self, final: bool = False) -> None:
-        """Flush with retries; commit what was acknowledged. Pauses consumption while failing."""
+    def _launch(self) -> None:
+        """Start writing the current buffer on the I/O pool; consumption goes on meanwhile."""
+        buffer = self.processor.seal()
+        if buffer is not None:
+            self.flight = Flight(buffer, self.pool.submit(self.processor.write, buffer))
+
+    async def _land(self, final: bool = False) -> None:
+        """Wait for the write in flight and commit its offsets. While it fails, consumption is paused
+        and the write is retried with backoff (it resumes where it failed, so nothing is doubled)."""
         delay = 0.5
-        while self.processor.buffer.next_offsets:
+        while self.flight is not None:
+            flight = self.flight
             try:
-                offsets = await self._io(self.processor.flush)
+                offsets = await asyncio.wrap_future(flight.future)
             except RETRYABLE as exc:
+                if self.flight is not flight:
+                    continue  # a revocation settled it meanwhile
                 if (self.should_stop or self.stopping) and not final:
                     return  # on_stop makes the final attempts
                 if final and delay > 8:
-                    log.error("stopping with unflushed rows (not committed, will be re-read): %s", exc)
+                    log.error("stopping with unwritten rows (not committed, will be re-read): %s", exc)
+                    self.flight = None
                     return
                 log.warning("write failed, retrying in %.1fs with consumption paused: %s", delay, exc)
                 await self._pause(True)
                 await self._keepalive(delay, final)
                 delay = min(delay * 2, 30.0)
+                if self.flight is flight:
+                    flight.future = self.pool.submit(self.processor.write, flight.buffer)
                 continue
-            await self._commit(offsets)
+            if self.flight is flight:
+                self.flight = None
+                await self._commit(offsets)
         await self._pause(False)
+
+    async def _flush(self, final: bool = False) -> None:
+        """Write and commit everything: the write in flight, then the current buffer."""
+        await self._land(final)
+        self._launch()
+        await self._land(final)
 
     async def _keepalive(self, seconds: float, final: bool) -> None:
         """Wait while polling the paused consumer about once a second so it stays in the group."""
@@ -239,6 +283,7 @@ class KafkaBatchSource(Service):
         (nothing of it was committed, so the next owner re-reads it)."""
         self.metrics.rebalances.labels("revoked").inc()
         failpoints.hit("revoke.before_flush")
+        self._settle_flight(consumer)
         if self.processor.buffer.next_offsets:
             try:
                 offsets = self.processor.flush()
@@ -252,6 +297,23 @@ class KafkaBatchSource(Service):
         self.pending_recovery.clear()
         self.ready = False
         self._update_assigned()
+
+    def _settle_flight(self, consumer: Consumer) -> None:
+        """On revocation: finish the write in flight (one more attempt if it failed) and commit it, or
+        give it up uncommitted (the next owner re-reads it and skips what was stored)."""
+        flight, self.flight = self.flight, None
+        if flight is None:
+            return
+        try:
+            try:
+                offsets = flight.future.result()
+            except RETRYABLE:
+                offsets = self.processor.write(flight.buffer)
+            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                            asynchronous=False)
+            self.metrics.commits.inc()
+        except (*RETRYABLE, RuntimeError) as exc:
+            log.warning("revoked with %d unwritten records (dropped, not committed): %s", len(flight.buffer), exc)
 
     def _refresh_topic_ids(self) -> None:
         try:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import embedded
+from tests.support.brokers import BrokerProcess
 
 
 def free_port() -> int:
@@ -34,6 +35,14 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc = embedded.start_broker(port, tmp_path_factory.mktemp("broker") / "broker.log")
     yield f"127.0.0.1:{port}"
     embedded.stop(proc)
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[BrokerProcess]:
+    """A broker process of this test alone (to kill and restart, or to keep its groups apart)."""
+    proc = BrokerProcess(free_port(), tmp_path / "own-broker.log").start()
+    yield proc
+    proc.stop()
 
 
 @pytest.fixture

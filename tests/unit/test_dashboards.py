@@ -308,3 +308,16 @@ def test_provisioning_matches_dashboards(models):
     assert providers[0]["type"] == "file" and providers[0]["options"]["path"]
     for uid in models:
         assert json.loads((d.OUT_DIR / f"{uid}.json").read_text())["uid"] == uid
+
+
+def test_apps_are_named_from_the_registry(chdb, models):
+    """The app picker shows "name (id)" and filters on the id; per-app ClickHouse series and the slowest
+    requests carry the registry name; an app the registry does not know keeps its bare id."""
+    by_panel = {q.panel: q for q in d.panel_queries(START, END, {}, models) if q.kind == "clickhouse"}
+    options = [tuple(r) for r in chdb.query(by_panel["variable sdk_app_id"].expanded).result_rows]
+    assert set(options) == {(APPS[0], f"Demo chat ({APPS[0]})"), (APPS[1], APPS[1])}
+    series = chdb.query(by_panel["Success rate per app (interface_stats_1m)"].expanded).result_rows
+    assert {r[1] for r in series} == {f"Demo chat ({APPS[0]})", APPS[1]}
+    slowest = chdb.query(by_panel["Slowest requests"].expanded)
+    names = {str(r[1]): r[2] for r in slowest.result_rows}
+    assert slowest.column_names[2] == "app_name" and names == {APPS[0]: "Demo chat", APPS[1]: APPS[1]}

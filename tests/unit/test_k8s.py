@@ -143,7 +143,11 @@ def test_topic_retention_never_exceeds_the_policy(overlay: str) -> None:
         assert config["cleanup.policy"] == "delete"
         assert int(config["retention.ms"]) == retention[logical]
         assert int(config["segment.ms"]) <= 3_600_000
-    assert topics[s.topic_applications]["config"]["cleanup.policy"] == "compact"
+    # Compacted (latest state per app) *and* deleted by age: a terminated app's last record must not
+    # outlive the 60 days the policy allows.
+    apps = topics[s.topic_applications]["config"]
+    assert apps["cleanup.policy"] == "compact,delete"
+    assert int(apps["retention.ms"]) == retention["applications"]
 
 
 def test_keda_scales_within_partitions_with_cooldown() -> None:

@@ -72,19 +72,27 @@ def test_unrendered_placeholders_absent() -> None:
             assert "{db}" not in statement
 
 
+# Kafka deletes whole segments on a periodic check: retention.ms leaves room for segment.ms (1 h) and
+# the broker's retention check (5 min), so a record never outlives the policy (schemas/retention.yaml).
+HEADROOM_MS = 3_600_000 + 300_000
+
+
 def test_topic_retention_from_policy() -> None:
     specs = {s.logical: s for s in topic_specs(Settings())}
-    assert specs["request_logs"].config["retention.ms"] == str(7 * DAY_MS) == str(604_800_000)
-    assert specs["monitoring_samples"].config["retention.ms"] == str(2 * DAY_MS)
-    assert specs["dead_letters"].config["retention.ms"] == str(2 * DAY_MS)
-    assert "retention.ms" not in specs["applications"].config
-    assert specs["applications"].config["cleanup.policy"] == "compact"
+    assert specs["request_logs"].config["retention.ms"] == str(7 * DAY_MS - HEADROOM_MS) == str(600_900_000)
+    assert specs["monitoring_samples"].config["retention.ms"] == str(2 * DAY_MS - HEADROOM_MS)
+    assert specs["dead_letters"].config["retention.ms"] == str(2 * DAY_MS - HEADROOM_MS)
+    assert specs["applications"].config["retention.ms"] == str(60 * DAY_MS - HEADROOM_MS)
+    assert specs["applications"].config["cleanup.policy"] == "compact,delete"
+    for spec in specs.values():
+        assert spec.config["segment.ms"] == "3600000"
+        assert "delete" in spec.config["cleanup.policy"].split(",")
     assert specs["request_logs"].name == Settings().topic_request_logs
 
 
 def test_topic_retention_follows_policy() -> None:
     policy = _changed(load_policy(), {"log_data": 1, "monitoring_data": 3})
     specs = {s.logical: s for s in topic_specs(Settings(), policy)}
-    assert specs["request_logs"].config["retention.ms"] == str(DAY_MS)
-    assert specs["monitoring_samples"].config["retention.ms"] == str(3 * DAY_MS)
-    assert specs["dead_letters"].config["retention.ms"] == str(DAY_MS)  # min of what it carries
+    assert specs["request_logs"].config["retention.ms"] == str(DAY_MS - HEADROOM_MS)
+    assert specs["monitoring_samples"].config["retention.ms"] == str(3 * DAY_MS - HEADROOM_MS)
+    assert specs["dead_letters"].config["retention.ms"] == str(DAY_MS - HEADROOM_MS)  # min of what it carries

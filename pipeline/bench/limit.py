@@ -1,0 +1,144 @@
+"""Contender 4, the machine's limit: what Kafka + decoding and ClickHouse inserts cost on their own.
+
+``python -m pipeline.bench.limit consume JOB``: a confluent-kafka consumer reads the whole topic in
+batches (``consume(N)``, partitions assigned directly: no group join) and decodes every message into
+typed ``RequestLog`` structs with msgspec (object, array or NDJSON), and does nothing else. This is
+the ceiling for any Python consumer of this data on one process.
+
+``python -m pipeline.bench.limit insert JOB``: reads and decodes the same topic *untimed*, builds
+the same ``request_logs`` rows as Arrow tables of 100k rows (IP minimised, origin columns filled),
+then times only clickhouse-connect's ``insert_arrow`` into the embedded engine, and separately the
+pipeline's aggregate ``INSERT ... SELECT`` over each inserted batch.
+
+Both report their own window (time and CPU of the process, all threads) through the status file.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+
+from ..records import RequestLog
+from .status import Job, StatusWriter
+
+INSERT_ROWS = 100_000
+
+
+class TypedDecoder:
+    """Message value -> list of ``RequestLog`` (a JSON object, a JSON array, or NDJSON)."""
+
+    def __init__(self) -> None:
+        self.one = msgspec.json.Decoder(RequestLog)
+        self.many = msgspec.json.Decoder(list[RequestLog])
+
+    def decode(self, value: bytes) -> list[RequestLog]:
+        if value[:1] == b"[":
+            return self.many.decode(value)
+        if b"\n" in value.rstrip():
+            return self.one.decode_lines(value)
+        return [self.one.decode(value)]
+
+
+def messages(job: Job, batch: int) -> Iterator[list[Any]]:
+    """Batches of the topic's messages from the beginning, until ``expected_messages`` were read."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    want = int(job.options["expected_messages"])
+    consumer = Consumer({"bootstrap.servers": job.bootstrap, "group.id": job.group, "enable.auto.commit": False,
+                         "fetch.max.bytes": 52_428_800, "enable.partition.eof": False})
+    consumer.assign([TopicPartition(job.topic, p, 0) for p in job.options["partitions"]])
+    seen = 0
+    try:
+        while seen < want:
+            got = [m for m in consumer.consume(batch, 1.0) if m.error() is None]
+            seen += len(got)
+            if got:
+                yield got
+    finally:
+        consumer.close()
+
+
+def consume(job: Job) -> None:
+    """Batch consume + typed decode, nothing else; the status reports records decoded."""
+    status, decoder = StatusWriter(job.status_path), TypedDecoder()
+    records = 0
+    for batch in messages(job, int(job.options.get("consume_batch", 1000))):
+        status.saw_records()
+        for m in batch:
+            records += len(decoder.decode(m.value()))
+    status.wrote(records)
+
+
+def arrow_tables(job: Job) -> list[Any]:
+    """The topic's records as ``request_logs`` Arrow tables of ``INSERT_ROWS`` rows (untimed)."""
+    import pyarrow as pa
+
+    from ..privacy import minimiser
+    from .rowwise import COLUMNS
+
+    decoder, minimise = TypedDecoder(), minimiser("prefix")
+    cols: dict[str, list[Any]] = {c: [] for c in COLUMNS}
+    for batch in messages(job, 10_000):
+        for m in batch:
+            for index, r in enumerate(decoder.decode(m.value())):
+                for name, value in (("request_time", r.request_time), ("sdk_app_id", r.sdk_app_id),
+                                    ("interface", r.interface), ("request_id", r.request_id),
+                                    ("client_net", minimise(r.client_ip)), ("latency_ms", r.latency_ms),
+                                    ("error_code", r.error_code), ("exception", r.exception or ""),
+                                    ("region", r.region), ("platform", r.platform), ("src_topic_id", job.topic),
+                                    ("src_partition", m.partition()), ("src_offset", m.offset()),
+                                    ("src_index", index)):
+                    cols[name].append(value)
+    n = len(cols["request_time"])
+    schema = pa.schema([("request_time", pa.timestamp("ms", tz="UTC")), ("sdk_app_id", pa.uint32()),
+                        ("interface", pa.string()), ("request_id", pa.string()), ("client_net", pa.string()),
+                        ("latency_ms", pa.uint32()), ("error_code", pa.int32()), ("exception", pa.string()),
+                        ("region", pa.string()), ("platform", pa.string()), ("src_topic_id", pa.string()),
+                        ("src_partition", pa.uint16()), ("src_offset", pa.uint64()), ("src_index", pa.uint32()),
+                        ("ingest_batch", pa.uint64())])
+    tables = []
+    for batch_no, start in enumerate(range(0, n, INSERT_ROWS)):
+        part = {c: v[start:start + INSERT_ROWS] for c, v in cols.items() if c != "ingest_batch"}
+        part["ingest_batch"] = [batch_no + 1] * len(part["request_time"])
+        tables.append(pa.Table.from_pydict(part, schema=schema))
+    return tables
+
+
+def insert(job: Job) -> None:
+    """Time Arrow inserts alone, then the engine's aggregation of each batch (reported apart)."""
+    import clickhouse_connect
+
+    from .. import migrations
+    from ..sinks.clickhouse import AGG_LOGS
+
+    status = StatusWriter(job.status_path)
+    client = clickhouse_connect.get_client(dsn=f"chdb://{job.store}")
+    migrations.apply(client, job.database)
+    tables = arrow_tables(job)
+    rows = sum(t.num_rows for t in tables)
+    status.saw_records()
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    for table in tables:
+        client.insert_arrow(f"{job.database}.request_logs", table)
+    wall1, cpu1 = time.perf_counter(), time.process_time()
+    aggregate = AGG_LOGS.format(db=job.database, where="ingest_batch = {b:UInt64}")
+    for batch_no in range(1, len(tables) + 1):
+        client.command(aggregate, parameters={"b": batch_no})
+    wall2, cpu2 = time.perf_counter(), time.process_time()
+    status.extra.update(insert_seconds=wall1 - wall0, insert_cpu_seconds=cpu1 - cpu0,
+                        aggregate_seconds=wall2 - wall1, aggregate_cpu_seconds=cpu2 - cpu1)
+    status.wrote(rows)
+
+
+def main(argv: list[str]) -> int:
+    mode, job = argv[0], Job.load(argv[1])
+    {"consume": consume, "insert": insert}[mode](job)
+    return 0  # the harness reaps this process with its rusage (peak RSS, CPU)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

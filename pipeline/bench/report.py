@@ -1,0 +1,211 @@
+"""Turn a results document into ratios, goal verdicts, a terminal table and a Markdown table. Pure.
+
+The goals are the issue's, per worker process, both sides measured in the same run. A goal whose
+inputs are void (the contender's store did not equal the workload) or missing is *not met*, with
+the reason; "metrics and logging cost <= 5% of CPU" needs a profiler, not a benchmark, so it is
+reported as not measured here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+NAMES = {"pipeline": "imtel pipeline", "naive-faust": "naive faust agent", "quix": "Quix Streams",
+         "limit-consume": "limit: consume + msgspec decode", "limit-insert": "limit: chDB Arrow insert"}
+ORDER = ["pipeline", "naive-faust", "quix", "limit-consume", "limit-insert"]
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def _find(rows: Iterable[dict[str, Any]], contender: str, workload: str) -> dict[str, Any] | None:
+    return next((r for r in rows if r["contender"] == contender and r["workload"] == workload), None)
+
+
+def _rate(row: dict[str, Any] | None) -> float | None:
+    return row["records_per_s"] if row and row.get("correct") and row.get("records_per_s") else None
+
+
+def ratios(results: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Per workload: the pipeline's records/s divided by each other contender's (None when void)."""
+    out: dict[str, dict[str, float | None]] = {}
+    rows = results["throughput"]
+    for workload in sorted({r["workload"] for r in rows}):
+        mine = _rate(_find(rows, "pipeline", workload))
+        out[workload] = {}
+        for other in ORDER[1:]:
+            theirs = _rate(_find(rows, other, workload))
+            if _find(rows, other, workload) is not None:
+                out[workload][other] = round(mine / theirs, 3) if mine and theirs else None
+    return out
+
+
+def _goal(name: str, target: str, value: float | None, met: bool | None, why: str = "") -> dict[str, Any]:
+    return {"goal": name, "target": target, "value": value, "met": met, "why": why}
+
+
+def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's goals with the measured value and met / not met (None: not measured)."""
+    rows, fresh = results["throughput"], results.get("freshness", [])
+    rat = ratios(results)
+    out = []
+
+    def rate_goal(workload: str, floor: float, label: str) -> None:
+        row = _find(rows, "pipeline", workload)
+        value = _rate(row)
+        why = "" if value is not None else ("not run" if row is None else "void: " + "; ".join(row["problems"]))
+        out.append(_goal(label, f">= {floor:,.0f} records/s", value, None if row is None else
+                         (value is not None and value >= floor), why))
+
+    def ratio_goal(workload: str, other: str, floor: float, label: str) -> None:
+        if workload not in rat or other not in rat[workload]:
+            out.append(_goal(label, f">= {floor:g}x", None, None, "not run"))
+            return
+        value = rat[workload][other]
+        out.append(_goal(label, f">= {floor:g}x", value, value is not None and value >= floor,
+                         "" if value is not None else "a side is void"))
+
+    rate_goal("b", 250_000, "batched messages: records/s end to end")
+    ratio_goal("b", "limit-consume", 0.5, "batched messages: share of the consume + decode limit")
+    rate_goal("a", 60_000, "one record per message: records/s end to end")
+    ratio_goal("a", "quix", 2.0, "one record per message: vs Quix Streams")
+    ratio_goal("a", "naive-faust", 5.0, "one record per message: vs the naive faust agent")
+    mine = [r for r in rows if r["contender"] == "pipeline" and r.get("peak_rss_mb") is not None]
+    peak = max((r["peak_rss_mb"] for r in mine), default=None)
+    out.append(_goal("peak RSS of the worker", "<= 300 MB", peak, None if peak is None else peak <= 300))
+    for f in (f for f in fresh if f["contender"] == "pipeline"):
+        p99 = f["p99_s"] if f["correct"] else None
+        out.append(_goal(f"p99 freshness at half the max rate (workload {f['workload']})", "<= 5 s", p99,
+                         p99 is not None and p99 <= 5.0, "" if p99 is not None else "; ".join(f["problems"])))
+    out.append(_goal("metrics and logging cost", "<= 5% of CPU", None, None,
+                     "not measured by the benchmark: profile the worker (py-spy) to check"))
+    return out
+
+
+def capacity(results: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline's numbers for capacity planning (docs/deploy.md): per worker process."""
+    out: dict[str, Any] = {}
+    for row in results["throughput"]:
+        if row["contender"] == "pipeline" and row["correct"]:
+            out[row["workload"]] = {"records_per_s": row["records_per_s"], "peak_rss_mb": row["peak_rss_mb"],
+                                    "cpu_s_per_million": row["cpu_s_per_million"]}
+    for f in results.get("freshness", []):
+        if f["contender"] == "pipeline" and f["correct"]:
+            out.setdefault(f["workload"], {}).update({"freshness_offered_rps": f["offered_rps"],
+                                                      "freshness_p50_s": f["p50_s"], "freshness_p99_s": f["p99_s"]})
+    return out
+
+
+# -- rendering ---------------------------------------------------------------------------------------
+def _num(value: float | None, digits: int = 0, suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}{suffix}"
+
+
+def _freshness_cell(results: dict[str, Any], contender: str, workload: str) -> str:
+    f = _find(results.get("freshness", []), contender, workload)
+    if f is None or f.get("skipped"):
+        return "-"
+    if not f["correct"] or f["p50_s"] is None:
+        return "void"
+    return f"{f['p50_s']:.2f} / {f['p99_s']:.2f} s"
+
+
+def table_rows(results: dict[str, Any]) -> list[list[str]]:
+    """Header + one row per contender x workload, in a fixed order."""
+    rat = ratios(results)
+    head = ["workload", "contender", "records", "records/s", "CPU s / M records", "peak RSS MB",
+            "freshness p50 / p99", "correct", "pipeline ÷ this"]
+    out = [head]
+    rows = results["throughput"]
+    for workload in sorted({r["workload"] for r in rows}):
+        for contender in ORDER:
+            r = _find(rows, contender, workload)
+            if r is None:
+                continue
+            ratio = "" if contender == "pipeline" else _ratio_text(rat.get(workload, {}).get(contender))
+            out.append([workload, NAMES.get(contender, contender), f"{r['records']:,}",
+                        _num(r["records_per_s"]) if r["correct"] else "void",
+                        _num(r["cpu_s_per_million"], 1), _num(r["peak_rss_mb"]),
+                        _freshness_cell(results, contender, workload), "✓" if r["correct"] else "void", ratio])
+    return out
+
+
+def _ratio_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def goal_lines(results: dict[str, Any]) -> list[str]:
+    lines = []
+    for g in results.get("goals", []):
+        mark = {True: "met", False: "NOT met", None: "not measured"}[g["met"]]
+        value = g["value"]
+        value = "-" if value is None else (f"{value:,.2f}" if isinstance(value, float) else str(value))
+        lines.append(f"{g['goal']}: {value} (goal {g['target']}) — {mark}" + (f" ({g['why']})" if g["why"] else ""))
+    return lines
+
+
+def render_text(results: dict[str, Any]) -> str:
+    """The terminal table, the goals and the caveats."""
+    rows = table_rows(results)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    out = [f"imtel bench — {_workload_text(results)}", *lines, "", "goals:"]
+    out += ["  " + line for line in goal_lines(results)]
+    out += ["", *_caveats(results)]
+    return "\n".join(out) + "\n"
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The Markdown the README's Performance section shows (between the bench markers)."""
+    rows = table_rows(results)
+    md = [f"Measured {results['generated_at'][:16].replace('T', ' ')} UTC on {_machine_text(results)} with "
+          f"`{results['command']}`; {_workload_text(results)}.", "",
+          "| " + " | ".join(rows[0]) + " |", "|" + "|".join("---" for _ in rows[0]) + "|"]
+    md += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    md += ["", "Goals (per worker process, both sides measured in the same run):", ""]
+    md += [f"- {line}" for line in goal_lines(results)]
+    md += ["", *[f"{c}" for c in _caveats(results)]]
+    return "\n".join(md) + "\n"
+
+
+def _workload_text(results: dict[str, Any]) -> str:
+    parts = []
+    for name, w in sorted(results["workloads"].items()):
+        parts.append(f"workload {name}: {w['description']}, {w['records']:,} records ({w['short_records']:,} for the "
+                     "naive faust agent and Quix)")
+    return "; ".join(parts)
+
+
+def _machine_text(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    return f"{m['cpus']} cores ({m.get('cpu_model', '?')}), load average {m['loadavg_start'][0]:.1f} at start"
+
+
+def _caveats(results: dict[str, Any]) -> list[str]:
+    out = ["Window: first record consumed -> last row committed (start-up and group join excluded). CPU: the "
+           "process's own seconds in that window (all threads, embedded ClickHouse included). Peak RSS: kernel "
+           "high-water mark over the whole process life. Freshness: record time -> row written, at half the "
+           "pipeline's max rate (pipeline: its imtel_freshness_seconds histogram, interpolated; others: at insert "
+           "ack)."]
+    if results["machine"]["loadavg_start"][0] > 0.5 * results["machine"]["cpus"]:
+        out.append(f"Caution: the machine was busy when the run started (load average "
+                   f"{results['machine']['loadavg_start'][0]:.1f} on {results['machine']['cpus']} cores): rates are "
+                   "lower than on an idle machine; CPU seconds per record are the steadier number.")
+    return out
+
+
+def update_readme(path: Path, markdown: str) -> bool:
+    """Replace the text between the bench markers of a file; False when it has no markers."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return False
+    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
+    if not pattern.search(text):
+        return False
+    path.write_text(pattern.sub(lambda _: f"{START}\n{markdown.rstrip()}\n{END}", text, count=1))
+    return True

@@ -1,0 +1,153 @@
+"""Worker processes and traffic for fault tests: real ``imtel worker`` children, a real producer.
+
+``WorkerProcess`` runs the CLI's worker command exactly as an operator would (own metrics port, own
+log file) and reads its Prometheus ``/metrics``. ``Stream`` produces request logs at a steady rate in
+a background thread and keeps what Kafka acknowledged (request id -> partition, offset), so a test
+compares the database with what was really produced, not with what it meant to produce.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from confluent_kafka import Consumer, Producer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipeline.generate import Traffic
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
+    """Poll ``predicate`` until it returns something truthy (returned); fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except OSError:
+            pass  # a worker's web server not up yet, a port closed on purpose
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+class WorkerProcess:
+    """One ``imtel worker`` child process."""
+
+    def __init__(self, name: str, env: dict[str, str], workdir: Path) -> None:
+        self.name, self.env, self.workdir = name, env, workdir
+        self.port = int(env["IMTEL_WEB_PORT"])
+        self.log_path = workdir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=self.env,
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def samples(self) -> Samples:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5).read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(body) for s in family.samples}
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of ``name`` over the series whose labels include ``labels``."""
+        return sum(v for (n, ls), v in self.samples().items()
+                   if n == name and set(labels.items()) <= set(ls))
+
+    def assigned(self) -> int:
+        return int(self.metric("imtel_assigned_partitions"))
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM (graceful: flush, commit, leave the group); returns the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise AssertionError(f"{self.name} did not stop within {timeout:.0f}s after SIGTERM") from None
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, no commit, no goodbye to the group."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Stream(threading.Thread):
+    """Request logs at ``rate`` records/s, one record per message, until ``stop()`` or ``total``."""
+
+    def __init__(self, bootstrap: str, topic: str, rate: float, total: int, seed: int = 3,
+                 decorate: Callable[[int, dict[str, Any]], dict[str, Any]] | None = None) -> None:
+        super().__init__(name="stream", daemon=True)
+        self.topic, self.rate, self.total, self.decorate = topic, rate, total, decorate
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all"})
+        self.traffic = Traffic(apps=15, seed=seed)
+        self.sent: dict[str, dict[str, Any]] = {}
+        self.delivered: dict[str, tuple[int, int]] = {}  # request_id -> (partition, offset)
+        self.failed = 0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        start, n = time.monotonic(), 0
+        while n < self.total and not self._halt.is_set():
+            due = min(self.total, int((time.monotonic() - start) * self.rate) + 1)
+            now_ms = int(time.time() * 1000)
+            for i in range(n, due):
+                record = self.traffic.request_log(now_ms)
+                if self.decorate is not None:
+                    record = self.decorate(i, record)
+                self.sent[record["request_id"]] = record
+                self.producer.produce(self.topic, msgspec.json.encode(record), str(record["sdk_app_id"]).encode(),
+                                      on_delivery=self._delivered)
+            n = due
+            self.producer.poll(0)
+            time.sleep(0.02)
+        self.producer.flush(30)
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.failed += 1
+            return
+        request_id = msgspec.json.decode(msg.value())["request_id"]
+        self.delivered[request_id] = (msg.partition(), msg.offset())
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self._halt.set()
+        self.join(timeout)
+
+    def offsets_below(self, committed: dict[int, int]) -> set[str]:
+        """Request ids Kafka placed below each partition's committed offset."""
+        return {rid for rid, (p, o) in list(self.delivered.items()) if o < committed.get(p, 0)}
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The consumer group's committed offsets (OffsetFetch only: this client never joins the group)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return {tp.partition: tp.offset for tp in tps if tp.offset >= 0}
+    finally:
+        consumer.close()
