@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test venv lint unit integration generate clean
+.PHONY: run test venv lint unit integration generate clean bench bench-env
 
 $(BIN)/imtel: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -36,5 +36,20 @@ generate: venv
 	$(BIN)/python -m pipeline.slo
 	$(BIN)/python tools/gen_k8s.py
 
+# The benchmark (README "Performance"): ~5 minutes; BENCH_ARGS="--quick" for a smoke run.
+# Quix Streams gets its own virtualenv: it pins confluent-kafka < 2.13, the pipeline pins 2.16.
+QUIX_VENV := .venv-quix
+
+$(QUIX_VENV)/.installed: bench/requirements-quix.txt
+	$(PY) -m venv $(QUIX_VENV)
+	$(QUIX_VENV)/bin/pip install -q --upgrade pip
+	$(QUIX_VENV)/bin/pip install -q -r bench/requirements-quix.txt
+	touch $@
+
+bench-env: venv $(QUIX_VENV)/.installed
+
+bench: bench-env
+	$(BIN)/imtel bench $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(QUIX_VENV) data .pytest_cache .mypy_cache .ruff_cache

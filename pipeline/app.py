@@ -18,7 +18,7 @@ import asyncio
 import functools
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -26,6 +26,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import live, queries
+from .cluster_schema import INSERT_SETTINGS
 from .deadletter import KafkaDeadLetters
 from .metrics import Metrics
 from .policy import Policy, load_policy
@@ -36,14 +37,6 @@ from .sinks.clickhouse import ClickHouseStore, InsertError, connect
 from .source import KafkaBatchSource
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Envelope:
-    """One batch of Kafka messages travelling through the faust channel, and its completion."""
-
-    messages: list[Any]
-    done: asyncio.Future = field(repr=False)
 
 
 @dataclass
@@ -71,37 +64,33 @@ def build(settings: Settings, metrics: Metrics | None = None, policy: Policy | N
     metrics = metrics or Metrics(top_apps=settings.metrics_top_apps)
     policy = policy or load_policy()
     app = faust.App(
-        "imtel", broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",")],
+        # faust's own group (the registry agent's) is named after the pipeline's, so that two
+        # pipelines on one broker never share it
+        f"{settings.consumer_group}-registry",
+        broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",")],
         broker_credentials=_broker_credentials(settings), web_host=settings.web_host,
         web_port=settings.web_port, web_bind=settings.web_host, datadir=f"{settings.data_dir}/faust",
         broker_rebalance_timeout=3, broker_session_timeout=10, broker_heartbeat_interval=3,
         topic_disable_leader=True, store="memory://",
         topic_replication_factor=settings.topic_replication, producer_acks=-1)
-    store = ClickHouseStore(connect(settings.clickhouse_url, settings.clickhouse_user,
-                                    settings.clickhouse_password), settings.clickhouse_database, metrics)
+    store = ClickHouseStore(connect(settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password,
+                                    timeout=settings.clickhouse_timeout_seconds),
+                            settings.clickhouse_database, metrics,
+                            insert_settings=INSERT_SETTINGS if settings.clickhouse_cluster else None)
     dlq = KafkaDeadLetters(settings.kafka_config(), settings.topic_dead_letters)
     processor = Processor(settings, store, dlq, metrics, policy)
-    channel = app.channel()
 
     async def deliver(messages: list[Any]) -> None:
-        done = asyncio.get_running_loop().create_future()
-        await channel.send(value=Envelope(messages, done))
-        await done
+        """Buffer one batch (decode, validate, minimise) on the event loop, between two polls.
+
+        Not through a faust channel: faust pauses and clears its channels whenever its own consumer
+        group (the registry agent's) rebalances, which would silently drop a batch."""
+        processor.process(messages)
 
     # Started by the Worker next to the app (cli.run_worker), not as an app service: faust starts
     # app services only after its own consumer group settled, which must not gate ingestion.
     source = KafkaBatchSource(settings, processor, metrics, deliver)
     pipeline = Pipeline(app, settings, metrics, store, processor, source)
-
-    @app.agent(channel, name="ingest")
-    async def ingest(stream: Any) -> None:
-        """Buffer each batch (decode, validate, minimise); one faust event per batch, not per record."""
-        async for envelope in stream:
-            try:
-                processor.process(envelope.messages)
-                envelope.done.set_result(None)
-            except Exception as exc:  # never lose the error: the source re-raises and stops cleanly
-                envelope.done.set_exception(exc)
 
     registry_topic = app.topic(settings.topic_applications, value_serializer="raw", key_serializer="raw")
 

@@ -287,7 +287,7 @@ class Processor:
                 b.done.add(raw.name)
                 failpoints.hit("flush.after_raw")
             if raw.name + "+agg" not in b.done:
-                self.store.aggregate(raw, table.num_rows, b.batch_id)
+                self._aggregate(b, raw, table)
                 b.done.add(raw.name + "+agg")
                 failpoints.hit("flush.after_aggregate")
         self._send_dead(b, b.rejected, "rejected")
@@ -307,7 +307,8 @@ class Processor:
                     self.metrics.records_invalid.labels(letter.origin.topic, letter.reason).inc()
                 self.metrics.dead_letters.labels(self.settings.topic_dead_letters).inc(len(letters))
                 b.done.add(step + "-sent")
-            self.store.insert_arrow("dead_letters", dead_letter_table(letters, b.batch_id))
+            self.store.insert_arrow("dead_letters", dead_letter_table(letters, b.batch_id),
+                                    token=f"{b.batch_id}:dead_letters:{step}")
             failpoints.hit("flush.after_dead_letters")
         b.done.add(step)
 
@@ -324,7 +325,7 @@ class Processor:
         while pending:
             lo, hi = pending[-1]
             try:
-                self.store.insert_arrow(raw.name, table.slice(lo, hi - lo))
+                self.store.insert_arrow(raw.name, table.slice(lo, hi - lo), token=f"{b.batch_id}:{raw.name}:{lo}:{hi}")
             except InsertError as err:
                 if not err.permanent:
                     raise
@@ -348,6 +349,22 @@ class Processor:
             log.warning("ClickHouse rejected %d rows of %s as bad data; they go to dead letters", len(bad), raw.name)
             b.rejected.extend(self._rejected_row(raw, table, i, b.reject_codes.get(i)) for i in bad)
             bad.clear()
+
+    def _aggregate(self, b: Buffer, raw: RawTable, table: pa.Table) -> None:
+        """Fold the stored rows of this write into ``interface_stats_1m``. If an earlier attempt
+        failed, it may have been applied with only its answer lost: then the minutes this write
+        touches are rebuilt from the raw rows instead (idempotent), so nothing is counted twice."""
+        step = raw.name + "+agg"
+        if step not in b.attempted:
+            b.attempted.add(step)
+            self.store.aggregate(raw, table.num_rows, b.batch_id)
+            return
+        if table.num_rows == 0:
+            return
+        partitions = table.column("src_partition").to_numpy()
+        minutes = table.column(raw.time_column).cast(pa.int64()).to_numpy() // 60_000 * 60
+        for partition in np.unique(partitions).tolist():
+            self.store.rebuild(raw, int(partition), sorted(set(minutes[partitions == partition].tolist())))
 
     def _rejected_row(self, raw: RawTable, table: pa.Table, row: int, code: int | None) -> DeadLetter:
         """A dead letter for one stored-format row ClickHouse refused (its client IP is already

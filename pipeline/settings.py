@@ -66,6 +66,8 @@ class Settings:
     clickhouse_user: str = _f("default", "ClickHouse user (HTTP only).")
     clickhouse_password: str = _f("", "ClickHouse password (or IMTEL_CLICKHOUSE_PASSWORD_FILE).", secret=True)
     clickhouse_cluster: str = _f("", "Cluster name: when set, migrations use ON CLUSTER + Replicated engines.")
+    clickhouse_timeout_seconds: float = _f(
+        30.0, "HTTP send/receive timeout of one ClickHouse call (1..600); a hung call is retried after it.")
     # Batching
     batch_max_records: int = _f(50_000, "Rows buffered before an insert (1..1,000,000).")
     batch_max_seconds: float = _f(1.0, "Oldest buffered row's maximal age before an insert (0.05..60 s).")
@@ -108,6 +110,7 @@ class Settings:
             (self.pii_mode != "hash" or len(self.pii_hash_key) >= 16,
              "IMTEL_PII_MODE=hash needs IMTEL_PII_HASH_KEY (or _FILE) of at least 16 characters."),
             (1 <= self.batch_max_records <= 1_000_000, "IMTEL_BATCH_MAX_RECORDS must be 1..1000000."),
+            (1 <= self.clickhouse_timeout_seconds <= 600, "IMTEL_CLICKHOUSE_TIMEOUT_SECONDS must be 1..600."),
             (0.05 <= self.batch_max_seconds <= 60, "IMTEL_BATCH_MAX_SECONDS must be 0.05..60."),
             (1 <= self.consume_max_messages <= 100_000, "IMTEL_CONSUME_MAX_MESSAGES must be 1..100000."),
             (1 <= self.metrics_top_apps <= 1000, "IMTEL_METRICS_TOP_APPS must be 1..1000."),

@@ -66,6 +66,7 @@ class KafkaBatchSource(Service):
         self.stopping = False
         self.last_topic_check = 0.0
         self.flight: Flight | None = None
+        self.busy = False
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def on_start(self) -> None:
@@ -74,7 +75,10 @@ class KafkaBatchSource(Service):
                 "enable.partition.eof": False,
                 "max.poll.interval.ms": self.settings.kafka_max_poll_interval_ms,
                 "session.timeout.ms": min(30_000, self.settings.kafka_max_poll_interval_ms),
-                "fetch.max.bytes": 52_428_800, "queued.max.messages.kbytes": 16_384,
+                "fetch.max.bytes": 52_428_800, "max.partition.fetch.bytes": 4_194_304,
+                # The prefetch queue is most of the consumer's memory: 32 MB keeps it bounded
+                # while letting a fetch cover several polls.
+                "queued.max.messages.kbytes": 32_768,
                 "partition.assignment.strategy": "range"}
         if self.settings.group_instance_id:
             conf["group.instance.id"] = self.settings.group_instance_id
@@ -125,7 +129,10 @@ class KafkaBatchSource(Service):
         assert self.consumer is not None
         while not (self.should_stop or self.stopping):
             try:
-                messages = await self._io(self.consumer.consume, self._poll_size(), 0.2)
+                # Wait long only when idle: consume(n, t) returns early only once n messages are
+                # queued, so a long timeout while data flows would stall every poll.
+                messages = await self._io(self.consumer.consume, self._poll_size(), 0.01 if self.busy else 0.2)
+                self.busy = bool(messages)
             except RuntimeError:  # consumer closed while stopping
                 return
             data = [m for m in messages if self._keep(m)]
@@ -178,7 +185,7 @@ class KafkaBatchSource(Service):
         while self.flight is not None:
             flight = self.flight
             try:
-                offsets = await asyncio.wrap_future(flight.future)
+                offsets = await self._await_write(flight, final)
             except RETRYABLE as exc:
                 if self.flight is not flight:
                     continue  # a revocation settled it meanwhile
@@ -199,6 +206,21 @@ class KafkaBatchSource(Service):
                 self.flight = None
                 await self._commit(offsets)
         await self._pause(False)
+
+    async def _await_write(self, flight: Flight, final: bool) -> dict[tuple[str, int], int]:
+        """The write's result. A slow write (a hung ClickHouse call lasts up to its timeout) must not
+        cost the group membership: after a second, consumption is paused and the consumer polled
+        about once a second, fetching nothing but serving the group protocol."""
+        future = asyncio.wrap_future(flight.future)
+        while not future.done():
+            await asyncio.wait({future}, timeout=1.0)
+            if future.done() or final or self.consumer is None or self.flight is not flight:
+                continue
+            await self._pause(True)
+            stray = [m for m in await self._io(self.consumer.consume, 100, 0) if m.error() is None]
+            if stray:
+                await self._io(self._rewind, stray)
+        return future.result()
 
     async def _flush(self, final: bool = False) -> None:
         """Write and commit everything: the write in flight, then the current buffer."""

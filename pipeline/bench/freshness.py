@@ -90,6 +90,18 @@ def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | 
     return lower
 
 
+def bucket_of(q: float, buckets: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """The (lower, upper] edges of the bucket holding the q-quantile: the reading's resolution."""
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank, lower = q * buckets[-1][1], 0.0
+    for edge, count in buckets:
+        if count >= rank:
+            return lower, edge
+        lower = edge
+    return None
+
+
 def delta(after: list[tuple[float, float]], before: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """Bucket counts observed between two scrapes."""
     base = dict(before)
@@ -179,8 +191,11 @@ def pipeline_freshness(t: Target, w: Workload, rate: float, seconds: float, warm
     window = delta(after, before)
     f.p50_s, f.p99_s = _rounded(histogram_quantile(0.5, window)), _rounded(histogram_quantile(0.99, window))
     f.source = f"{HIST} histogram (edges {', '.join(f'{e:g}' for e, _ in after if not math.isinf(e))} s)"
-    if f.p99_s is not None and after and f.p99_s >= max(e for e, _ in after if not math.isinf(e)):
-        f.notes.append("p99 is in the histogram's +Inf bucket: the true value is above the last edge")
+    for q, label in ((0.5, "p50"), (0.99, "p99")):
+        edges = bucket_of(q, window)
+        if edges is not None:
+            f.notes.append(f"{label} interpolated inside the ({edges[0]:g}, {edges[1]:g}] s bucket"
+                           + (": the true value is above the last edge" if math.isinf(edges[1]) else ""))
     _store_view(f, store, target.expected, cut_ms)
     return f
 

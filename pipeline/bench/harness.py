@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import embedded
-from . import report
-from .broker import Produced, TopicWriter, create_topics, free_port
+from . import procstat, report
+from .broker import Produced, TopicWriter, create_topics, free_port, wait_until
 from .freshness import Freshness, pipeline_freshness, program_freshness
 from .options import REPO, Options, options
-from .runner import Measurement, Program, Target, measure_pipeline, measure_program
+from .runner import Measurement, Program, Target, measure_pipeline, measure_program, spawn
+from .status import Job
 from .workload import Expected, Workload, messages, workload
 
 SLOW = ("naive-faust", "quix")  # read the -short topic
@@ -140,6 +141,7 @@ def run(o: Options) -> dict[str, Any]:
               flush=True)
         produced = produce_all(bootstrap, ws, o.short)
         results["workloads"] = {w.name: _workload_info(w, produced[w.name]) for w in ws}
+        results["baselines"] = {"embedded_clickhouse_rss_mb": engine_floor(work / "engine-floor", bootstrap)}
         for w in ws:
             p = produced[w.name]
             for contender in o.contenders:
@@ -167,6 +169,18 @@ def run(o: Options) -> dict[str, Any]:
     results["goals"] = report.goals(results)
     results["capacity"] = report.capacity(results)
     return results
+
+
+def engine_floor(run_dir: Path, bootstrap: str) -> float | None:
+    """Peak RSS of a process that only opens a fresh embedded store and applies the migrations."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    job = Job("engine-floor", bootstrap, "", "", str(run_dir / "store"), str(run_dir / "status.json"), 0)
+    job.save(run_dir / "job.json")
+    proc = spawn([sys.executable, "-m", "pipeline.bench.limit", "floor", str(run_dir / "job.json")],
+                 run_dir / "floor.log")
+    wait_until(lambda: procstat.exited(proc), 120, 0.1)
+    exit_ = procstat.stop(proc)
+    return round(exit_.peak_rss_mb, 1) if exit_.returncode == 0 else None
 
 
 def freshness(o: Options, w: Workload, bootstrap: str, work: Path, rows: list[dict[str, Any]]) -> list[Freshness]:

@@ -10,7 +10,10 @@ the same ``request_logs`` rows as Arrow tables of 100k rows (IP minimised, origi
 then times only clickhouse-connect's ``insert_arrow`` into the embedded engine, and separately the
 pipeline's aggregate ``INSERT ... SELECT`` over each inserted batch.
 
-Both report their own window (time and CPU of the process, all threads) through the status file.
+``python -m pipeline.bench.limit floor JOB`` opens a fresh embedded store and applies the migrations,
+nothing else: the peak RSS any process pays for the embedded engine.
+
+Both measurements report their own window (time and CPU of the process, all threads) through the status file.
 """
 
 from __future__ import annotations
@@ -21,11 +24,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import msgspec
+import pyarrow as pa
 
 from ..records import RequestLog
 from .status import Job, StatusWriter
 
 INSERT_ROWS = 100_000
+ARROW_SCHEMA = pa.schema([
+    ("request_time", pa.timestamp("ms", tz="UTC")), ("sdk_app_id", pa.uint32()), ("interface", pa.string()),
+    ("request_id", pa.string()), ("client_net", pa.string()), ("latency_ms", pa.uint32()), ("error_code", pa.int32()),
+    ("exception", pa.string()), ("region", pa.string()), ("platform", pa.string()), ("src_topic_id", pa.string()),
+    ("src_partition", pa.uint16()), ("src_offset", pa.uint64()), ("src_index", pa.uint32()),
+    ("ingest_batch", pa.uint64())])
 
 
 class TypedDecoder:
@@ -73,38 +83,37 @@ def consume(job: Job) -> None:
     status.wrote(records)
 
 
-def arrow_tables(job: Job) -> list[Any]:
-    """The topic's records as ``request_logs`` Arrow tables of ``INSERT_ROWS`` rows (untimed)."""
-    import pyarrow as pa
-
+def arrow_tables(job: Job) -> list[pa.Table]:
+    """The topic's records as ``request_logs`` Arrow tables of ``INSERT_ROWS`` rows (untimed; built
+    as the rows arrive, so only Arrow data is held, as a pipeline would between flushes)."""
     from ..privacy import minimiser
     from .rowwise import COLUMNS
 
     decoder, minimise = TypedDecoder(), minimiser("prefix")
+    tables: list[pa.Table] = []
     cols: dict[str, list[Any]] = {c: [] for c in COLUMNS}
+
+    def seal() -> None:
+        cols["ingest_batch"] = [len(tables) + 1] * len(cols["request_time"])
+        tables.append(pa.Table.from_pydict(cols, schema=ARROW_SCHEMA))
+        for values in cols.values():
+            values.clear()
+
     for batch in messages(job, 10_000):
         for m in batch:
+            partition, offset = m.partition(), m.offset()
             for index, r in enumerate(decoder.decode(m.value())):
                 for name, value in (("request_time", r.request_time), ("sdk_app_id", r.sdk_app_id),
                                     ("interface", r.interface), ("request_id", r.request_id),
                                     ("client_net", minimise(r.client_ip)), ("latency_ms", r.latency_ms),
                                     ("error_code", r.error_code), ("exception", r.exception or ""),
                                     ("region", r.region), ("platform", r.platform), ("src_topic_id", job.topic),
-                                    ("src_partition", m.partition()), ("src_offset", m.offset()),
-                                    ("src_index", index)):
+                                    ("src_partition", partition), ("src_offset", offset), ("src_index", index)):
                     cols[name].append(value)
-    n = len(cols["request_time"])
-    schema = pa.schema([("request_time", pa.timestamp("ms", tz="UTC")), ("sdk_app_id", pa.uint32()),
-                        ("interface", pa.string()), ("request_id", pa.string()), ("client_net", pa.string()),
-                        ("latency_ms", pa.uint32()), ("error_code", pa.int32()), ("exception", pa.string()),
-                        ("region", pa.string()), ("platform", pa.string()), ("src_topic_id", pa.string()),
-                        ("src_partition", pa.uint16()), ("src_offset", pa.uint64()), ("src_index", pa.uint32()),
-                        ("ingest_batch", pa.uint64())])
-    tables = []
-    for batch_no, start in enumerate(range(0, n, INSERT_ROWS)):
-        part = {c: v[start:start + INSERT_ROWS] for c, v in cols.items() if c != "ingest_batch"}
-        part["ingest_batch"] = [batch_no + 1] * len(part["request_time"])
-        tables.append(pa.Table.from_pydict(part, schema=schema))
+            if len(cols["request_time"]) >= INSERT_ROWS:
+                seal()
+    if cols["request_time"]:
+        seal()
     return tables
 
 
@@ -134,9 +143,24 @@ def insert(job: Job) -> None:
     status.wrote(rows)
 
 
+def floor(job: Job) -> None:
+    """Open a fresh embedded store and apply the migrations, nothing else: the resident memory any
+    process pays for the embedded ClickHouse engine (the floor under every contender's peak RSS)."""
+    import clickhouse_connect
+
+    from .. import migrations
+
+    client = clickhouse_connect.get_client(dsn=f"chdb://{job.store}")
+    migrations.apply(client, job.database)
+    client.query(f"SELECT count() FROM {job.database}.request_logs")
+    status = StatusWriter(job.status_path)
+    status.saw_records()
+    status.wrote(0)
+
+
 def main(argv: list[str]) -> int:
     mode, job = argv[0], Job.load(argv[1])
-    {"consume": consume, "insert": insert}[mode](job)
+    {"consume": consume, "insert": insert, "floor": floor}[mode](job)
     return 0  # the harness reaps this process with its rusage (peak RSS, CPU)
 
 

@@ -75,9 +75,10 @@ def options(args: argparse.Namespace, argv: list[str]) -> Options:
     if not loads or set(loads) - {"a", "b"}:
         raise ValueError("--workloads takes a, b or a,b")
     quick = bool(args.quick)
-    records = {"a": args.records_a or (3_000 if quick else 250_000),
-               "b": args.records_b or (20_000 if quick else 750_000)}
-    short = {"a": args.short_a or (2_000 if quick else 40_000), "b": args.short_b or (10_000 if quick else 150_000)}
+    records = {"a": _given(args.records_a, 3_000 if quick else 250_000),
+               "b": _given(args.records_b, 20_000 if quick else 750_000)}
+    short = {"a": _given(args.short_a, 2_000 if quick else 40_000),
+             "b": _given(args.short_b, 10_000 if quick else 150_000)}
     for name, n in (*records.items(), *short.items()):
         if n <= 0:
             raise ValueError(f"record counts must be positive (got {n} for {name})")
@@ -98,3 +99,7 @@ def options(args: argparse.Namespace, argv: list[str]) -> Options:
                    args.work_dir, bool(args.keep), "imtel bench " + " ".join(argv))
 
 
+
+
+def _given(value: int | None, default: int) -> int:
+    return default if value is None else value

@@ -73,7 +73,10 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     ratio_goal("a", "naive-faust", 5.0, "one record per message: vs the naive faust agent")
     mine = [r for r in rows if r["contender"] == "pipeline" and r.get("peak_rss_mb") is not None]
     peak = max((r["peak_rss_mb"] for r in mine), default=None)
-    out.append(_goal("peak RSS of the worker", "<= 300 MB", peak, None if peak is None else peak <= 300))
+    floor = results.get("baselines", {}).get("embedded_clickhouse_rss_mb")
+    why = (f"the embedded ClickHouse engine alone peaks at {floor:.0f} MB in a process that only opens a store"
+           if floor else "")
+    out.append(_goal("peak RSS of the worker", "<= 300 MB", peak, None if peak is None else peak <= 300, why))
     for f in (f for f in fresh if f["contender"] == "pipeline"):
         p99 = f["p99_s"] if f["correct"] else None
         out.append(_goal(f"p99 freshness at half the max rate (workload {f['workload']})", "<= 5 s", p99,

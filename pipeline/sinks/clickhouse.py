@@ -75,11 +75,23 @@ class InsertError(Exception):
         self.code, self.permanent = code, permanent
 
 
+_TRANSPORT = ((re.compile(r"Connection refused|ConnectionRefused|NewConnectionError", re.I), "connection refused"),
+              (re.compile(r"timed out|Timeout", re.I), "timed out"),
+              (re.compile(r"RemoteDisconnected|without response|Connection aborted|reset by peer|"
+                          r"ProtocolError|IncompleteRead", re.I), "connection closed without an answer"),
+              (re.compile(r"Name or service not known|getaddrinfo|NameResolution", re.I), "host not found"))
+
+
 def classify(exc: BaseException) -> InsertError:
-    """Sort a driver exception into permanent (bad data) or transient (retry)."""
+    """Sort a driver exception into permanent (bad data) or transient (retry), with a message that
+    names the cause: for transport errors the root cause, not the driver's URL-laden text."""
     text = str(exc)
     match = _CODE.search(text)
     code = int(match.group(1)) if match else None
+    if code is None:
+        for pattern, cause in _TRANSPORT:
+            if pattern.search(text) or pattern.search(repr(exc.__cause__ or exc.__context__ or "")):
+                return InsertError(f"ClickHouse unreachable: {cause}", None, False)
     first_line = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
     return InsertError(first_line, code, code in PERMANENT_CODES)
 
@@ -97,8 +109,9 @@ class ClickHouseStore:
     """One client, serialised by a lock (chDB allows one user of a store; HTTP keeps it simple)."""
 
     def __init__(self, client: Any, database: str, metrics: Metrics,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, insert_settings: dict[str, Any] | None = None) -> None:
         self.client, self.db, self.metrics, self.clock = client, database, metrics, clock
+        self.insert_settings = dict(insert_settings or {})  # e.g. synchronous Distributed inserts
         self.lock = threading.RLock()
 
     def _call(self, table: str, fn: Callable[[], Any]) -> Any:
@@ -120,12 +133,16 @@ class ClickHouseStore:
     def command(self, sql: str, parameters: dict[str, Any] | None = None, table: str = "command") -> Any:
         return self._call(table, lambda: self.client.command(sql, parameters=parameters or {}))
 
-    def insert_arrow(self, table: str, data: pa.Table) -> None:
-        """Insert one Arrow table; observes duration, batch size and rows written."""
+    def insert_arrow(self, table: str, data: pa.Table, token: str | None = None) -> None:
+        """Insert one Arrow table; observes duration, batch size and rows written.
+
+        ``token`` (``insert_deduplication_token``) makes a retry of the same block a no-op when the
+        first attempt was stored but its acknowledgement was lost (migration 007 keeps the tokens)."""
         if data.num_rows == 0:
             return
         start = self.clock()
-        self._call(table, lambda: self.client.insert_arrow(f"{self.db}.{table}", data))
+        settings = {**self.insert_settings, **({"insert_deduplication_token": token} if token else {})}
+        self._call(table, lambda: self.client.insert_arrow(f"{self.db}.{table}", data, settings=settings or None))
         self.metrics.insert_duration.labels(table).observe(self.clock() - start)
         self.metrics.insert_rows.labels(table).observe(data.num_rows)
         self.metrics.rows_written.labels(table).inc(data.num_rows)
@@ -178,11 +195,11 @@ class ClickHouseStore:
         return True
 
 
-def connect(dsn: str, user: str = "default", password: str = "", **kwargs: Any) -> Any:
+def connect(dsn: str, user: str = "default", password: str = "", timeout: float = 60.0, **kwargs: Any) -> Any:
     """A clickhouse-connect client: embedded chDB (``chdb:///path``) or an HTTP server."""
     import clickhouse_connect
 
     if dsn.startswith("chdb:"):
         return clickhouse_connect.get_client(dsn=dsn)
     return clickhouse_connect.get_client(dsn=dsn, username=user, password=password,
-                                         connect_timeout=5, send_receive_timeout=60, **kwargs)
+                                         connect_timeout=5, send_receive_timeout=timeout, **kwargs)

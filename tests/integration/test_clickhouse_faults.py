@@ -36,8 +36,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from pipeline.settings import Settings
 from pipeline.topics import ensure_topics
 from tests.support.shim_process import ShimProcess
-from tests.support.verify import aggregates, duplicates, stored_ids, worker_env
-from tests.support.workers import Stream, WorkerProcess, committed_offsets, wait_for
+from tests.support.verify import aggregates, duplicates, stored_ids
+from tests.support.workers import Stream, WorkerProcess, committed_offsets, wait_for, worker_env
 
 from .conftest import free_port
 
@@ -234,7 +234,7 @@ def test_outages_pause_consumption_and_resume_without_loss(pipeline_env: dict[st
     # what the worker said about it
     assert final[("imtel_consumption_paused", ())] == 0 and final[("imtel_clickhouse_up", ())] == 1
     assert any(delays[i:i + 3] == [0.5, 1.0, 2.0] for i in range(len(delays))), f"no backoff seen: {delays}"
-    for cause in ("TOO_MANY_PARTS", "refused", "without response"):  # the worker's own line names the cause
+    for cause in ("TOO_MANY_PARTS", "refused", "without an answer"):  # the worker's own line names the cause
         assert any(cause.lower() in line.lower() for _, line in retries), f"no retry line says {cause!r}"
     leaked = [ip for ip in {r["client_ip"] for r in stream.sent.values()} if ip in log]
     assert not leaked, f"client IPs in the worker log: {leaked[:3]}"

@@ -24,8 +24,8 @@ import pytest
 from pipeline.settings import Settings
 from pipeline.topics import ensure_topics
 from tests.support.shim_process import ShimProcess
-from tests.support.verify import aggregates, stored_ids, worker_env
-from tests.support.workers import Stream, WorkerProcess, wait_for
+from tests.support.verify import aggregates, stored_ids
+from tests.support.workers import Stream, WorkerProcess, wait_for, worker_env
 
 from .conftest import free_port
 

@@ -7,8 +7,6 @@ folded into ``interface_stats_1m``, including the merged latency quantile states
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 from .shim_process import ShimProcess
@@ -38,14 +36,3 @@ def duplicates(shim: ShimProcess) -> int:
 def aggregates(shim: ShimProcess) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """(recomputed from raw rows, folded by the pipeline) per minute x app x interface."""
     return shim.query(RAW_AGGREGATES), shim.query(STORED_AGGREGATES)
-
-
-def worker_env(base: dict[str, str], dsn: str, workdir: Path, name: str, web_port: int,
-               **settings: str) -> dict[str, str]:
-    """``pipeline_env`` for one worker reaching ClickHouse over HTTP at ``dsn``."""
-    env = {**base, "IMTEL_CLICKHOUSE_DSN": dsn, "IMTEL_WEB_PORT": str(web_port),
-           "IMTEL_DATA_DIR": str(workdir / f"data-{name}")}
-    env.pop("IMTEL_GROUP_INSTANCE_ID", None)  # dynamic membership: rebalances are what scale-out tests see
-    env.update({f"IMTEL_{k.upper()}": v for k, v in settings.items()})
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parents[2]), env.get("PYTHONPATH")]))
-    return env

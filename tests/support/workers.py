@@ -8,6 +8,7 @@ compares the database with what was really produced, not with what it meant to p
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -40,6 +41,17 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+def worker_env(base: dict[str, str], dsn: str, workdir: Path, name: str, web_port: int,
+               **settings: str) -> dict[str, str]:
+    """``pipeline_env`` for one worker reaching ClickHouse over HTTP at ``dsn``."""
+    env = {**base, "IMTEL_CLICKHOUSE_DSN": dsn, "IMTEL_WEB_PORT": str(web_port),
+           "IMTEL_DATA_DIR": str(workdir / f"data-{name}")}
+    env.pop("IMTEL_GROUP_INSTANCE_ID", None)  # dynamic membership: rebalances are what scale-out tests see
+    env.update({f"IMTEL_{k.upper()}": v for k, v in settings.items()})
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parents[2]), env.get("PYTHONPATH")]))
+    return env
 
 
 class WorkerProcess:

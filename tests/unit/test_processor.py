@@ -52,18 +52,38 @@ class Store:
     def __init__(self, refuse: Any = None, transient: int = 0) -> None:
         self.tables: dict[str, list[pa.Table]] = {}
         self.refuse, self.transient, self.calls = refuse, transient, 0
+        self.tokens: set[str] = set()
+        self.lose_answers = 0
+        self.aggregated = 0
+        self.rebuilt: list[tuple[int, list[int]]] = []
 
-    def insert_arrow(self, table: str, data: pa.Table) -> None:
+    def insert_arrow(self, table: str, data: pa.Table, token: str | None = None) -> None:
+        """Like ClickHouse with a deduplication window: a block with a known token is dropped."""
         self.calls += 1
+        if token is not None and token in self.tokens:
+            return
         if self.transient > 0:
             self.transient -= 1
             raise InsertError("Code: 210. connection refused", 210, permanent=False)
         if self.refuse and table == "request_logs" and any(self.refuse(r) for r in data.to_pylist()):
             raise InsertError("Code: 117. DB::Exception: bad data", 117, permanent=True)
         self.tables.setdefault(table, []).append(data)
+        if token is not None:
+            self.tokens.add(token)
+        if self.lose_answers > 0:
+            self.lose_answers -= 1
+            raise InsertError("ClickHouse unreachable: connection closed without an answer", None, permanent=False)
+
+    def rebuild(self, raw: Any, partition: int, minutes: list[int]) -> None:
+        self.rebuilt.append((partition, minutes))
 
     def aggregate(self, raw: Any, rows: int, batch_id: int) -> None:
-        pass
+        if not rows:
+            return
+        self.aggregated += 1
+        if self.lose_answers > 0:
+            self.lose_answers -= 1
+            raise InsertError("ClickHouse unreachable: timed out", None, permanent=False)
 
     def rows(self, table: str) -> list[dict[str, Any]]:
         return [r for t in self.tables.get(table, []) for r in t.to_pylist()]
@@ -185,11 +205,11 @@ def test_split_insert_resumes_after_a_transient_failure_without_duplicates() -> 
     real_insert = store.insert_arrow
     state = {"n": 0}
 
-    def flaky(table: str, data: pa.Table) -> None:
+    def flaky(table: str, data: pa.Table, token: str | None = None) -> None:
         state["n"] += 1
         if state["n"] in (4, 9):  # mid-bisection
             raise InsertError("Code: 209. timeout", 209, permanent=False)
-        real_insert(table, data)
+        real_insert(table, data, token)
 
     store.insert_arrow = flaky  # type: ignore[method-assign]
     for _ in range(5):
@@ -215,3 +235,24 @@ def test_systemic_refusal_is_retried_not_dead_lettered() -> None:
     store.refuse = None
     p.flush()
     assert len(store.rows("request_logs")) == 200
+
+
+
+def test_lost_acknowledgements_neither_double_rows_nor_aggregates() -> None:
+    """The write is applied but its answer is lost: the retry re-sends the same block with the same
+    deduplication token (dropped by the table), and re-derives the aggregate minutes instead of
+    folding the batch in a second time."""
+    msgs = [Msg(i % 2, i, msgspec.json.encode(record(i))) for i in range(50)]
+    store = Store()
+    p, _ = processor(store)
+    p.process(msgs)
+    store.lose_answers = 1  # the raw insert is stored, its answer lost
+    with pytest.raises(InsertError):
+        p.flush()
+    store.lose_answers = 1  # now the aggregate's answer is lost
+    with pytest.raises(InsertError):
+        p.flush()
+    p.flush()
+    assert sorted(r["request_id"] for r in store.rows("request_logs")) == sorted(f"r{i}" for i in range(50))
+    assert store.aggregated == 1  # folded once; the retry rebuilt the minutes instead
+    assert sorted(part for part, _ in store.rebuilt) == [0, 1]

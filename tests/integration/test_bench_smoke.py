@@ -1,0 +1,61 @@
+"""Smoke test of the benchmark harness on real parts (its own bundled broker, chDB stores, the worker).
+
+Runs ``imtel bench --quick`` with tiny counts on the batched workload, for the pipeline and the
+limit contenders, and checks the results document: its structure, that every measurement was
+verified against the produced workload (row count and aggregate checksum equal), and that the
+table, the Markdown and the goal verdicts are there. Speeds are never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+MEASUREMENT_KEYS = {"contender", "workload", "records", "seconds", "records_per_s", "cpu_seconds",
+                    "cpu_s_per_million", "peak_rss_mb", "correct", "problems", "notes", "extra"}
+
+
+def test_quick_bench_writes_verified_results(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "bench", "--quick", "--contenders", "pipeline,limit",
+         "--workloads", "b", "--freshness-seconds", "0", "--timeout", "40", "--out", str(out),
+         "--work-dir", str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out.read_text())
+
+    assert results["quick"] is True
+    assert set(results["workloads"]) == {"b"}
+    wl = results["workloads"]["b"]
+    assert wl["records"] == 20_000 and wl["partitions"] == 4 and wl["messages"] < wl["records"]
+    assert wl["checksum"]["rows"] == 20_000
+
+    runs = {r["contender"]: r for r in results["throughput"]}
+    assert set(runs) == {"pipeline", "limit-consume", "limit-insert"}
+    for name, run in runs.items():
+        assert set(run) >= MEASUREMENT_KEYS, name
+        assert run["workload"] == "b" and run["records"] == 20_000
+        assert run["correct"] is True, f"{name}: {run['problems']}"
+        assert run["problems"] == []
+        assert run["records_per_s"] > 0 and run["peak_rss_mb"] > 0
+    assert runs["pipeline"]["extra"]["store_rows"] == 20_000
+    assert runs["limit-insert"]["extra"]["store_rows"] == 20_000
+
+    assert set(results["ratios"]["b"]) == {"limit-consume", "limit-insert"}
+    goals = {g["goal"]: g for g in results["goals"]}
+    assert goals["batched messages: records/s end to end"]["met"] in (True, False)
+    assert goals["metrics and logging cost"]["met"] is None
+    assert results["machine"]["cpus"] >= 1 and results["versions"]["confluent-kafka"] != "?"
+    assert results["capacity"]["b"]["records_per_s"] == runs["pipeline"]["records_per_s"]
+
+    markdown = out.with_suffix(".md").read_text()
+    assert "| workload | contender |" in markdown and "imtel pipeline" in markdown
+    assert "records/s" in proc.stdout and "goals:" in proc.stdout
+    assert not (tmp_path / "work").exists()  # scratch stores removed unless --keep

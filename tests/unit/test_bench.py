@@ -1,0 +1,181 @@
+"""The benchmark's pure parts: the workload, the correctness verdict, quantiles, ratios, goals, rendering."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from pipeline.bench import report, status
+from pipeline.bench.freshness import delta, histogram_quantile
+from pipeline.bench.options import add_arguments, options
+from pipeline.bench.rowwise import problem, split_records
+from pipeline.bench.verify import compare
+from pipeline.bench.workload import TIME_PLACEHOLDER, Expected, messages, stamp, templates, workload
+from pipeline.records import RequestLog
+
+END_MS = 1_795_000_000_000
+
+
+def decode_all(value: bytes) -> list[dict[str, Any]]:
+    return [rec for _, rec in split_records(value, msgspec.json.decode)]
+
+
+def test_workload_is_deterministic_and_expected_matches_the_messages() -> None:
+    w = workload("b", 5_000, seed=3)
+    exp_a, exp_b = Expected(), Expected()
+    first, second = list(messages(w, END_MS, exp_a)), list(messages(w, END_MS, exp_b))
+    assert [m.value for m in first] == [m.value for m in second]
+    assert exp_a == exp_b and exp_a.rows == 5_000
+    recount = Expected()
+    for m in first:
+        recs = decode_all(m.value)
+        assert len(recs) == m.records and m.key == str(recs[0]["sdk_app_id"]).encode()
+        for rec in recs:
+            msgspec.convert(rec, RequestLog)  # every record is valid for the pipeline's decoder
+            recount.add(rec)
+    assert recount == exp_a
+
+
+def test_batched_workload_mixes_arrays_and_ndjson_of_100_to_500_records() -> None:
+    msgs = list(messages(workload("b", 60_000), END_MS))
+    sizes = [m.records for m in msgs[:-1]]  # the last message takes what is left
+    assert min(sizes) >= 100 and max(sizes) <= 500
+    arrays = sum(m.value[:1] == b"[" for m in msgs)
+    assert 0 < arrays < len(msgs)  # both framings occur
+
+
+def test_single_workload_has_one_object_per_message_and_fifty_apps() -> None:
+    msgs = list(messages(workload("a", 20_000), END_MS))
+    assert len(msgs) == 20_000 and all(m.value[:1] == b"{" and b"\n" not in m.value for m in msgs)
+    assert len({m.key for m in msgs}) == 50
+    assert 150 < sum(len(m.value) for m in msgs) / len(msgs) < 350  # ~250-byte request logs
+
+
+def test_templates_are_stamped_with_the_send_time() -> None:
+    msg = templates(workload("b", 1), 1)[0]
+    assert TIME_PLACEHOLDER in msg.value
+    recs = decode_all(stamp(msg.value, 1_795_000_000_123))
+    assert len(recs) == msg.records and {r["request_time"] for r in recs} == {1_795_000_000_123}
+
+
+def test_compare_voids_a_store_that_differs_from_the_workload() -> None:
+    exp = Expected()
+    for rec in ({"sdk_app_id": 7, "error_code": 0, "latency_ms": 10}, {"sdk_app_id": 7, "error_code": 5,
+                "latency_ms": 30}, {"sdk_app_id": 9, "error_code": 0, "latency_ms": 1}):
+        exp.add(rec)
+    good = {"rows": 3, "distinct": 3, "per_app": {"7": [2, 1, 40], "9": [1, 0, 1]}}
+    assert compare(good, exp) == []
+    assert compare({**good, "rows": 2, "distinct": 2}, exp) == ["request_logs has 2 rows, expected 3"]
+    assert any("1 duplicate rows" in p for p in compare({**good, "rows": 4}, exp))
+    wrong_sum = {**good, "per_app": {"7": [2, 1, 41], "9": [1, 0, 1]}}
+    assert compare(wrong_sum, exp) == ["interface_stats_1m differs for 1 apps (requests, failures or latency sum)"]
+    assert compare({**good, "per_app": {"7": [2, 1, 40]}}, exp) != []
+
+
+def test_histogram_quantile_interpolates_like_promql() -> None:
+    buckets = [(0.5, 10.0), (1.0, 60.0), (2.0, 100.0), (float("inf"), 100.0)]
+    assert histogram_quantile(0.5, buckets) == pytest.approx(0.5 + 0.5 * (40 / 50))
+    assert histogram_quantile(0.99, buckets) == pytest.approx(1.0 + 1.0 * (39 / 40))
+    assert histogram_quantile(0.999, [(1.0, 5.0), (float("inf"), 10.0)]) == 1.0  # +Inf: the last finite edge
+    assert histogram_quantile(0.5, [(1.0, 0.0), (float("inf"), 0.0)]) is None
+    assert delta([(1.0, 15.0), (float("inf"), 20.0)], [(1.0, 5.0), (float("inf"), 6.0)]) == [(1.0, 10.0),
+                                                                                             (float("inf"), 14.0)]
+
+
+def test_fine_freshness_histogram_quantiles() -> None:
+    hist: dict[int, int] = {}
+    for seconds in [0.004] * 50 + [0.8] * 49 + [12.34]:
+        b = status.fresh_bucket(seconds)
+        hist[b] = hist.get(b, 0) + 1
+    assert status.quantile(hist, 0.5) == 0.01
+    assert status.quantile(hist, 0.99) == 0.81
+    assert status.quantile(hist, 1.0) == pytest.approx(12.4)
+    assert status.quantile({}, 0.5) is None
+    assert status.fresh_bucket(-3) == 0 and status.bucket_upper(status.fresh_bucket(9999)) == pytest.approx(600.1)
+
+
+def test_hand_written_checks_follow_the_schema() -> None:
+    now = END_MS
+    good = {"sdk_app_id": 1400000001, "interface": "v4/openim/sendmsg", "request_time": now, "client_ip": "203.0.113.9",
+            "latency_ms": 12, "error_code": 0, "region": "ap-seoul", "platform": "iOS", "request_id": "r1"}
+    assert problem(good, now) is None
+    assert problem({**good, "latency_ms": "12"}, now) == "wrong_type"
+    assert problem({**good, "latency_ms": True}, now) == "wrong_type"
+    assert problem({k: v for k, v in good.items() if k != "region"}, now) == "missing_field"
+    assert problem({**good, "request_time": now - 8 * 86_400_000}, now) == "too_old"
+    assert problem({**good, "request_time": now + 3_600_000}, now) == "in_future"
+    assert problem([good], now) == "not_object"
+
+
+def results_doc(pipeline_rps: float, quix_rps: float, correct: bool = True) -> dict[str, Any]:
+    def row(contender: str, workload: str, rps: float, ok: bool = True, rss: float = 250.0) -> dict[str, Any]:
+        return {"contender": contender, "workload": workload, "records": 1000, "records_per_s": rps,
+                "cpu_s_per_million": 5.0, "peak_rss_mb": rss, "correct": ok, "problems": [] if ok else ["bad"]}
+
+    return {"generated_at": "2026-11-22T23:00:00+00:00", "command": "imtel bench", "quick": False,
+            "machine": {"cpus": 2, "cpu_model": "x", "loadavg_start": [0.2, 0.2, 0.2]},
+            "workloads": {"a": {"description": "one record per message", "records": 1000, "short_records": 100}},
+            "throughput": [row("pipeline", "a", pipeline_rps, correct), row("quix", "a", quix_rps),
+                           row("naive-faust", "a", 1000.0), row("limit-consume", "a", 400_000.0, rss=40.0)],
+            "freshness": [{"contender": "pipeline", "workload": "a", "correct": True, "p50_s": 0.8, "p99_s": 2.5,
+                           "offered_rps": 35_000.0, "skipped": "", "problems": []}]}
+
+
+def test_ratios_and_goals_are_judged_from_correct_measurements_only() -> None:
+    doc = results_doc(70_000.0, 20_000.0)
+    assert report.ratios(doc)["a"] == {"naive-faust": 70.0, "quix": 3.5, "limit-consume": 0.175}
+    goals = {g["goal"]: g for g in report.goals(doc)}
+    assert goals["one record per message: records/s end to end"]["met"] is True
+    assert goals["one record per message: vs Quix Streams"]["value"] == 3.5
+    assert goals["one record per message: vs Quix Streams"]["met"] is True
+    assert goals["batched messages: records/s end to end"]["met"] is None  # workload b not run
+    assert goals["peak RSS of the worker"]["met"] is True
+    assert goals["p99 freshness at half the max rate (workload a)"]["met"] is True
+    void = {g["goal"]: g for g in report.goals(results_doc(70_000.0, 20_000.0, correct=False))}
+    assert void["one record per message: records/s end to end"]["met"] is False
+    assert void["one record per message: vs Quix Streams"]["met"] is False
+    assert report.ratios(results_doc(70_000.0, 20_000.0, correct=False))["a"]["quix"] is None
+
+
+def test_rendering_and_the_readme_markers(tmp_path: Path) -> None:
+    doc = results_doc(70_000.0, 20_000.0)
+    doc["goals"] = report.goals(doc)
+    text, md = report.render_text(doc), report.render_markdown(doc)
+    assert "imtel pipeline" in text and "3.50x" in text and "0.80 / 2.50 s" in text
+    assert md.count("\n| a |") == 4 and "NOT met" not in md.split("Goals")[0]
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n## Performance\n\n{report.START}\nold table\n{report.END}\n\nrest\n")
+    assert report.update_readme(readme, md)
+    updated = readme.read_text()
+    assert "old table" not in updated and "| a | imtel pipeline |" in updated and updated.endswith("rest\n")
+    assert report.update_readme(readme, md) and readme.read_text() == updated  # idempotent
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    assert not report.update_readme(plain, md) and plain.read_text() == "no markers\n"
+
+
+def parse(*argv: str) -> Any:
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return options(p.parse_args(list(argv)), list(argv))
+
+
+def test_options_expand_limit_and_reject_bad_input() -> None:
+    o = parse("--contenders", "limit,pipeline", "--quick")
+    assert o.contenders == ("pipeline", "limit-consume", "limit-insert") and o.quick and o.readme is None
+    assert o.records == {"a": 3_000, "b": 20_000} and o.short["b"] <= o.records["b"]
+    full = parse()
+    assert full.contenders == ("pipeline", "naive-faust", "quix", "limit-consume", "limit-insert")
+    assert full.out == Path("bench/results/latest.json") and full.readme == Path("README.md")
+    with pytest.raises(ValueError, match="unknown contender"):
+        parse("--contenders", "flink")
+    with pytest.raises(ValueError, match="--workloads"):
+        parse("--workloads", "c")
+    with pytest.raises(ValueError, match="IMTEL_NAME=VALUE"):
+        parse("--pipeline-env", "BATCH=1")
+    with pytest.raises(ValueError, match="positive"):
+        parse("--records-a", "0")
