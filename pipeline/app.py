@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -51,11 +52,17 @@ class Pipeline:
     source: KafkaBatchSource
 
 
-def _broker_credentials(settings: Settings) -> Any:
-    if "SASL" not in settings.kafka_security_protocol:
-        return None
-    return faust.SASLCredentials(username=settings.kafka_sasl_username, password=settings.kafka_sasl_password,
-                                 mechanism=settings.kafka_sasl_mechanism)
+def broker_credentials(settings: Settings) -> Any:
+    """faust's view of the Kafka security settings (the confluent clients get ``kafka_config()``):
+    SASL and/or TLS, with the CA bundle from settings, so both clients connect the same way."""
+    protocol = settings.kafka_security_protocol
+    context = None
+    if protocol.endswith("SSL"):
+        context = ssl.create_default_context(cafile=settings.kafka_ssl_ca_location or None)
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(username=settings.kafka_sasl_username, password=settings.kafka_sasl_password,
+                                     mechanism=settings.kafka_sasl_mechanism, ssl_context=context)
+    return faust.SSLCredentials(context) if context is not None else None
 
 
 def build(settings: Settings, metrics: Metrics | None = None, policy: Policy | None = None,
@@ -68,7 +75,7 @@ def build(settings: Settings, metrics: Metrics | None = None, policy: Policy | N
         # pipelines on one broker never share it
         f"{settings.consumer_group}-registry",
         broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",")],
-        broker_credentials=_broker_credentials(settings), web_host=settings.web_host,
+        broker_credentials=broker_credentials(settings), web_host=settings.web_host,
         web_port=settings.web_port, web_bind=settings.web_host, datadir=f"{settings.data_dir}/faust",
         broker_rebalance_timeout=3, broker_session_timeout=10, broker_heartbeat_interval=3,
         topic_disable_leader=True, store="memory://",

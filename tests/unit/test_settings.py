@@ -149,3 +149,19 @@ def test_clickhouse_url_http_unchanged(dsn: str) -> None:
 
 def test_clickhouse_url_absolute_chdb_unchanged() -> None:
     assert Settings(clickhouse_dsn="chdb:///var/lib/imtel").clickhouse_url == "chdb:///var/lib/imtel"
+
+
+@pytest.mark.parametrize(("protocol", "kind", "tls"), [
+    ("PLAINTEXT", None, False), ("SSL", "SSLCredentials", True),
+    ("SASL_PLAINTEXT", "SASLCredentials", False), ("SASL_SSL", "SASLCredentials", True)])
+def test_faust_gets_the_same_kafka_security_as_the_confluent_clients(protocol: str, kind: str | None,
+                                                                     tls: bool) -> None:
+    from pipeline.app import broker_credentials
+
+    s = Settings.from_env({"IMTEL_KAFKA_SECURITY_PROTOCOL": protocol, "IMTEL_KAFKA_SASL_USERNAME": "u",
+                           "IMTEL_KAFKA_SASL_PASSWORD": "p"})
+    creds = broker_credentials(s)
+    assert (type(creds).__name__ if creds is not None else None) == kind
+    context = getattr(creds, "context", None) or getattr(creds, "ssl_context", None)
+    assert (context is not None) == tls
+    assert s.kafka_config()["security.protocol"] == protocol
