@@ -124,7 +124,7 @@ _SAMPLE_BODY = pa.schema(list(SAMPLE_SCHEMA)[:-1])
 def _with_batch_id(batches: list[pa.RecordBatch], body: pa.Schema, schema: pa.Schema, batch_id: int) -> pa.Table:
     table = pa.Table.from_batches(batches, schema=body)
     ids = pa.array(np.full(table.num_rows, batch_id, dtype=np.uint64))
-    return table.append_column(schema.field("ingest_batch"), ids).combine_chunks()
+    return table.append_column(schema.field("ingest_batch"), ids)
 
 
 @dataclass

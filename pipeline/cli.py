@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import io
 import json
 import logging
@@ -114,6 +115,11 @@ def run_worker(s: Settings, live_output: bool = False) -> int:
     pipeline = build(s, live_output=live_output)
     if not s.clickhouse_cluster:  # on a cluster the migration Job (imtel migrate --cluster) does it
         migrations.apply(pipeline.store.client, s.clickhouse_database)
+    # The hot path allocates many short-lived lists; everything built so far lives as long as the
+    # process. Freezing it and collecting less often saved ~10% of the processor's CPU on 300k records,
+    # without letting garbage grow: cycles are still collected.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     worker = Worker(pipeline.app, pipeline.source, loglevel=s.log_level if s.log_level != "warning" else "warn",
                     quiet=True, redirect_stdouts=False)
     try:
