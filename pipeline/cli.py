@@ -25,8 +25,10 @@ import io
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -49,10 +51,30 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(**overrides)
 
 
+class RepeatFilter(logging.Filter):
+    """Let an identical message through once per ``seconds``: librdkafka logs every failed connection
+    attempt, dozens per second while a broker is down, which would bury everything else."""
+
+    def __init__(self, seconds: float = 30.0) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now, key = time.monotonic(), record.getMessage()
+        if now - self.last.get(key, -self.seconds) < self.seconds:
+            return False
+        if len(self.last) > 1000:
+            self.last.clear()
+        self.last[key] = now
+        return True
+
+
 def _logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("faust", "mode", "aiokafka", "aiohttp"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level.upper())))
+    logging.getLogger("imtel.kafka").addFilter(RepeatFilter())
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -104,6 +126,17 @@ def _ensure_data_dir(s: Settings) -> None:
         s.chdb_path.mkdir(parents=True, exist_ok=True)
 
 
+def _ensure_port_free(s: Settings) -> None:
+    """Fail in one line, before anything starts, when the web port is taken (faust would log a
+    traceback from deep inside its web server instead)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((s.web_host, s.web_port))
+        except OSError as exc:
+            raise UsageError(f"IMTEL_WEB_PORT {s.web_port} on {s.web_host} is not available: {exc.strerror}") from None
+
+
 def run_worker(s: Settings, live_output: bool = False) -> int:
     """Build the pipeline and run the faust worker until SIGINT/SIGTERM."""
     from faust.worker import Worker
@@ -112,6 +145,7 @@ def run_worker(s: Settings, live_output: bool = False) -> int:
     from .app import build
 
     _ensure_data_dir(s)
+    _ensure_port_free(s)
     pipeline = build(s, live_output=live_output)
     if not s.clickhouse_cluster:  # on a cluster the migration Job (imtel migrate --cluster) does it
         migrations.apply(pipeline.store.client, s.clickhouse_database)

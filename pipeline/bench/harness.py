@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import embedded
-from . import procstat, report
+from . import procstat, profile, report
 from .broker import Produced, TopicWriter, create_topics, free_port, wait_until
 from .freshness import Freshness, pipeline_freshness, program_freshness
 from .options import REPO, Options, options
@@ -153,6 +153,10 @@ def run(o: Options) -> dict[str, Any]:
                 m.extra["run_wall_s"] = round(time.monotonic() - began, 1)  # incl. start-up and verification
                 results["throughput"].append(m.as_json())
                 print(_line(m), flush=True)
+        if o.profile:
+            w = next((w for w in ws if w.name == "b"), ws[0])
+            results["profile"] = profile_run(o, w, produced[w.name], bootstrap, work)
+            print(_profile_line(results["profile"]), flush=True)
         if o.freshness_seconds > 0:
             for w in (w for w in ws if w.name in o.freshness_workloads):
                 for f in freshness(o, w, bootstrap, work, results["throughput"]):
@@ -169,6 +173,26 @@ def run(o: Options) -> dict[str, Any]:
     results["goals"] = report.goals(results)
     results["capacity"] = report.capacity(results)
     return results
+
+
+def profile_run(o: Options, w: Workload, p: dict[str, Any], bootstrap: str, work: Path) -> dict[str, Any]:
+    """The pipeline once more on a workload, sampled by py-spy: CPU shares, not speed."""
+    run_dir = work / f"profile-pipeline-{w.name}"
+    if profile.spy_binary() is None:
+        return {"workload": w.name, "correct": False, **profile.Profile(note="py-spy is not installed").as_json()}
+    target = Target(w.name, p["full"], p["expected"], bootstrap, run_dir)
+    m = measure_pipeline(target, o.pipeline_env, o.timeout, profile_out=run_dir / "pyspy.txt")
+    found = profile.read(run_dir / "pyspy.txt")
+    if not m.correct:
+        found.note = "; ".join(m.problems)
+    return {"workload": w.name, "correct": m.correct, **found.as_json()}
+
+
+def _profile_line(p: dict[str, Any]) -> str:
+    if p["metrics_share"] is None:
+        return f"[bench] profile: none — {p['note']}"
+    return (f"[bench] profile pipeline/{p['workload']}: {p['samples']} samples, metrics {p['metrics_share']:.1%}, "
+            f"logging {p['logging_share']:.1%} of CPU; top: {', '.join(f for f, _ in p['top_self'][:3])}")
 
 
 def engine_floor(run_dir: Path, bootstrap: str) -> float | None:

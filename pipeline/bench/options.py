@@ -34,6 +34,7 @@ class Options:
     work_dir: Path | None
     keep: bool
     command: str
+    profile: bool = True
 
 
 # -- command line ------------------------------------------------------------------------------------
@@ -61,6 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=20261122)
     p.add_argument("--work-dir", type=Path, default=None, help="scratch folder (default: a new temp folder)")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder (stores, logs)")
+    p.add_argument("--no-profile", action="store_true",
+                   help="skip the extra pipeline run under py-spy (metrics/logging share of CPU; off with --quick)")
 
 
 def options(args: argparse.Namespace, argv: list[str]) -> Options:
@@ -96,7 +99,8 @@ def options(args: argparse.Namespace, argv: list[str]) -> Options:
     return Options(order, loads, records, {k: min(short[k], records[k]) for k in records}, fresh,
                    1.0 if quick else 3.0, tuple(x.strip() for x in args.freshness_workloads.split(",") if x.strip()),
                    args.timeout or (90.0 if quick else 180.0), out, readme, quick, env, args.quix_python, args.seed,
-                   args.work_dir, bool(args.keep), "imtel bench " + " ".join(argv))
+                   args.work_dir, bool(args.keep), "imtel bench " + " ".join(argv),
+                   profile=not (args.no_profile or quick) and "pipeline" in order)
 
 
 

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import procstat, verify
+from . import procstat, profile, verify
 from .broker import CommitProbe, Produced, free_port
 from .options import REPO
 from .status import Job, read_status
@@ -152,8 +152,10 @@ def worker_cmd() -> list[str]:
     return [sys.executable, "-m", "pipeline.cli", "worker"]
 
 
-def measure_pipeline(t: Target, overrides: dict[str, str], timeout: float) -> Measurement:
-    """Contender 1: ``imtel worker`` from first record consumed to the last offset committed."""
+def measure_pipeline(t: Target, overrides: dict[str, str], timeout: float,
+                     profile_out: Path | None = None) -> Measurement:
+    """Contender 1: ``imtel worker`` from first record consumed to the last offset committed
+    (with ``profile_out``: py-spy samples it over that window; such a run's speed is not reported)."""
     m = Measurement("pipeline", t.workload, t.produced.records)
     t.run_dir.mkdir(parents=True, exist_ok=True)
     env, port, store, group = pipeline_env(t, t.run_dir.name, overrides)
@@ -161,20 +163,23 @@ def measure_pipeline(t: Target, overrides: dict[str, str], timeout: float) -> Me
     proc = spawn(worker_cmd(), log, env)
     probe = CommitProbe(t.bootstrap, group, t.produced.topic, t.produced.end_offsets)
     deadline = time.monotonic() + timeout
-    first = first_cpu = end = end_cpu = None
+    first = first_cpu = end = end_cpu = spy = None
     try:
         while time.monotonic() < deadline and not procstat.exited(proc):
             if first is None:
                 text = scrape(port, 0.5)
                 if text and sample_value(text, "imtel_records_consumed_total", f'topic="{t.produced.topic}"') > 0:
                     first, first_cpu = time.time(), procstat.cpu_seconds(proc.pid)
+                    spy = profile.start(proc.pid, profile_out) if profile_out else None
             elif probe.done():
                 end, end_cpu = time.time(), procstat.cpu_seconds(proc.pid)
                 break
             time.sleep(POLL_S)
+        profile.finish(spy)
         final = scrape(port) or ""
     finally:
         probe.close()
+        profile.finish(spy)
         exit_ = procstat.stop(proc)
     m.peak_rss_mb = round(exit_.peak_rss_mb, 1)
     if first is None or end is None:

@@ -179,3 +179,21 @@ def test_options_expand_limit_and_reject_bad_input() -> None:
         parse("--pipeline-env", "BATCH=1")
     with pytest.raises(ValueError, match="positive"):
         parse("--records-a", "0")
+
+
+def test_profile_shares_count_stacks_through_metrics_and_logging() -> None:
+    from pipeline.bench.profile import analyse
+
+    site = "/venv/lib/python3.11/site-packages"
+    flush = "run (/repo/pipeline/source.py);flush (/repo/pipeline/processor.py)"
+    collapsed = "\n".join([
+        f"{flush};inc ({site}/prometheus_client/metrics.py) 3",
+        f"{flush};insert ({site}/clickhouse_connect/c.py) 5",
+        "run (/repo/pipeline/source.py);warning (/usr/lib/python3.11/logging/__init__.py) 2",
+        "not a sample line",
+    ])
+    p = analyse(collapsed)
+    assert (p.samples, p.metrics_share, p.logging_share) == (10, 0.3, 0.2)
+    assert p.top_self[0] == ("insert (clickhouse_connect/c.py)", 0.5)
+    assert p.top_pipeline == [("run (pipeline/source.py)", 1.0), ("flush (pipeline/processor.py)", 0.8)]
+    assert analyse("").note == "no samples"
