@@ -288,5 +288,21 @@ def write(o: Options, results: dict[str, Any]) -> None:
 def main(args: argparse.Namespace, argv: list[str]) -> int:
     """Run, print and write; a void measurement is a result (reported), not a failure of the command."""
     o = options(args, argv)
+    if o.render is not None:
+        write(o, rerender(o.render))
+        return 0
     write(o, run(o))
     return 0
+
+
+def rerender(path: Path) -> dict[str, Any]:
+    """A results file with its derived parts (ratios, goals, capacity) recomputed by this version."""
+    import json
+
+    try:
+        results = dict(json.loads(path.read_text()))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read results file {path}: {exc}") from None
+    results["ratios"], results["goals"] = report.ratios(results), report.goals(results)
+    results["capacity"] = report.capacity(results)
+    return results

@@ -35,6 +35,7 @@ class Options:
     keep: bool
     command: str
     profile: bool = True
+    render: Path | None = None
 
 
 # -- command line ------------------------------------------------------------------------------------
@@ -62,6 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=20261122)
     p.add_argument("--work-dir", type=Path, default=None, help="scratch folder (default: a new temp folder)")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder (stores, logs)")
+    p.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON",
+                   help="run nothing: re-render the table, the Markdown and the README from a results file")
     p.add_argument("--no-profile", action="store_true",
                    help="skip the extra pipeline run under py-spy (metrics/logging share of CPU; off with --quick)")
 
@@ -94,13 +97,18 @@ def options(args: argparse.Namespace, argv: list[str]) -> Options:
     fresh = args.freshness_seconds if args.freshness_seconds is not None else (4.0 if quick else 20.0)
     if fresh < 0:
         raise ValueError("--freshness-seconds must not be negative")
+    fresh_loads = tuple(x.strip() for x in args.freshness_workloads.split(",") if x.strip())
+    if set(fresh_loads) - {"a", "b"}:
+        raise ValueError("--freshness-workloads takes a, b or a,b")
+    if args.timeout is not None and args.timeout <= 0:
+        raise ValueError("--timeout must be positive")
     readme = None if args.no_readme or (quick and args.readme is None) else (args.readme or Path("README.md"))
     out = args.out or (DEFAULT_OUT if not quick else Path(tempfile.gettempdir()) / "imtel-bench-quick.json")
     return Options(order, loads, records, {k: min(short[k], records[k]) for k in records}, fresh,
-                   1.0 if quick else 3.0, tuple(x.strip() for x in args.freshness_workloads.split(",") if x.strip()),
+                   1.0 if quick else 3.0, fresh_loads,
                    args.timeout or (90.0 if quick else 180.0), out, readme, quick, env, args.quix_python, args.seed,
-                   args.work_dir, bool(args.keep), "imtel bench " + " ".join(argv),
-                   profile=not (args.no_profile or quick) and "pipeline" in order)
+                   args.work_dir, bool(args.keep), " ".join(["imtel bench", *argv]),
+                   profile=not (args.no_profile or quick) and "pipeline" in order, render=args.render)
 
 
 

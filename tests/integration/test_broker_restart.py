@@ -30,6 +30,7 @@ from .conftest import run_sql
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 4
+SAMPLES = 200
 
 
 def produce(bootstrap: str, topic: str, traffic: Traffic, count: int) -> tuple[RecordingProducer, list[str]]:
@@ -72,8 +73,15 @@ def test_worker_survives_a_broker_restart_and_recreates_its_topics(pipeline_env:
         assert worker.alive(), worker.log_text()[-3000:]
 
         producer, after = produce(bootstrap, logs, traffic, 2_000)
+        sample_producer = RecordingProducer(bootstrap)
+        for n in range(SAMPLES):
+            sample = traffic.monitoring_sample(int(time.time() * 1000))
+            sample_producer.send(s.topic_monitoring_samples, msgspec.json.encode(sample), b"1", n)
+        sample_producer.flush()
         wait_for(lambda: worker.metric("imtel_rows_written_total", table="request_logs") >= len(before) + len(after),
                  90, "the records produced after the restart stored")
+        wait_for(lambda: worker.metric("imtel_rows_written_total", table="monitoring_samples") >= SAMPLES, 60,
+                 "the monitoring samples produced after the restart stored (their topic recreated and consumed)")
         ends = {(logs, p): o for p, o in producer.end_offsets(logs).items()}
         wait_for(lambda: committed(bootstrap, env["IMTEL_CONSUMER_GROUP"], {logs: PARTITIONS}) == ends, 30,
                  "the new topics' offsets committed by the worker's new group")

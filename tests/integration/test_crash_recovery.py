@@ -263,13 +263,14 @@ def test_kill_minus_9_at_every_step_loses_and_doubles_nothing(pipeline_env: dict
     agg_samples = ("SELECT minute m, sdk_app_id, interface, sum(requests), sum(failures), sum(latency_sum_ms), "
                    "max(latency_max_ms) FROM imtel.interface_stats_1m WHERE source = 'sample' "
                    "GROUP BY m, sdk_app_id, interface ORDER BY m, sdk_app_id, interface")
-    (ids, origins, rl, al, rs, as_, sample_rows, ledger) = run_sql(store, [
+    results: Any = run_sql(store, [
         "SELECT request_id FROM imtel.request_logs",
         "SELECT count(), uniqExact(src_topic_id, src_partition, src_offset, src_index) FROM imtel.request_logs",
         raw_logs, agg_logs, raw_samples, agg_samples,
         "SELECT src_partition, src_offset FROM imtel.monitoring_samples",
         "SELECT src_topic, src_partition, src_offset, src_index, reason FROM imtel.dead_letters",
     ], migrate=False)
+    (ids, origins, rl, al, rs, as_, sample_rows, ledger) = results
 
     stored = [r[0] for r in ids]
     lost, doubled = valid_ids - set(stored), len(stored) - len(set(stored))

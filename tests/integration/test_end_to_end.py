@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipeline.generate import Traffic
 from pipeline.settings import Settings
 from pipeline.topics import ensure_topics
+from tests.support.workers import wait_for
 
 from .conftest import run_sql
 
@@ -78,18 +79,6 @@ def produce_workload(env: dict[str, str]) -> dict[str, object]:
     producer.flush(30)
     return {"valid": valid, "invalid": n_invalid_logs + 1, "samples": samples,
             "ips": {r["client_ip"] for r in valid}}
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_pipeline_end_to_end(pipeline_env: dict[str, str], tmp_path: Path) -> None:

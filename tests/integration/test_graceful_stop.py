@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -64,6 +65,7 @@ def test_sigterm_flushes_commits_and_the_restart_resumes_without_gap_or_repeat(
 
     ends = producer.end_offsets(logs)
     offsets = committed(bootstrap, group, {logs: PARTITIONS})
+    stored_max: Any
     (stored_max,) = run_sql(store, ["SELECT src_partition, max(src_offset), count() FROM imtel.request_logs "
                                     "GROUP BY src_partition ORDER BY src_partition"], migrate=False)
     assert {(logs, int(p)): int(o) + 1 for p, o, _ in stored_max} == offsets, "committed != stored max + 1"

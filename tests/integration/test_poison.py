@@ -103,13 +103,14 @@ def test_poison_never_crashes_or_stalls_and_every_record_is_accounted_for(pipeli
     assert "Traceback" not in log_text, log_text[-3000:]
 
     store = Path(pipeline_env["IMTEL_CLICKHOUSE_DSN"].removeprefix("chdb://"))
-    stored_logs, stored_samples, ledger, tables = run_sql(store, [
+    results: Any = run_sql(store, [
         "SELECT src_partition, src_offset, src_index, request_id, region, platform, exception, latency_ms, "
         "interface, client_net FROM imtel.request_logs",
         "SELECT src_partition, src_offset, src_index FROM imtel.monitoring_samples",
         "SELECT src_topic, src_partition, src_offset, src_index, reason, detail FROM imtel.dead_letters",
         "SELECT name FROM system.tables WHERE database = 'imtel' ORDER BY name",
     ], migrate=False)
+    stored_logs, stored_samples, ledger, tables = results
     assert {"request_logs", "monitoring_samples", "dead_letters", "interface_stats_1m"} <= {t[0] for t in tables}
 
     # every canary made it: nothing stalled behind a poison message

@@ -91,13 +91,19 @@ def read_topic(bootstrap: str, topic: str, at_least: int, timeout: float = 60.0,
             batch = [m for m in consumer.consume(500, 0.2) if m.error() is None]
             if batch:
                 last_new = time.monotonic()
-                out += [Received(m.partition(), m.offset(), m.key(), m.value(),
-                                 {k: v or b"" for k, v in (m.headers() or [])}) for m in batch]
+                out += [Received(m.partition() or 0, m.offset() or 0, m.key(), m.value(), _headers(m)) for m in batch]
             elif len(out) >= at_least and time.monotonic() - last_new >= settle:
                 return out
         raise AssertionError(f"{topic}: read {len(out)} messages in {timeout:.0f}s, expected at least {at_least}")
     finally:
         consumer.close()
+
+
+def _headers(msg: Any) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for name, value in msg.headers() or []:
+        out[name] = value.encode() if isinstance(value, str) else (value or b"")
+    return out
 
 
 def committed(bootstrap: str, group: str, topics: dict[str, int]) -> dict[tuple[str, int], int]:

@@ -195,5 +195,20 @@ def test_profile_shares_count_stacks_through_metrics_and_logging() -> None:
     p = analyse(collapsed)
     assert (p.samples, p.metrics_share, p.logging_share) == (10, 0.3, 0.2)
     assert p.top_self[0] == ("insert (clickhouse_connect/c.py)", 0.5)
-    assert p.top_pipeline == [("run (pipeline/source.py)", 1.0), ("flush (pipeline/processor.py)", 0.8)]
+    assert p.top_pipeline == [("flush (pipeline/processor.py)", 0.8)]  # the root under every stack left out
     assert analyse("").note == "no samples"
+
+
+def test_render_recomputes_the_derived_parts_of_a_results_file(tmp_path: Path) -> None:
+    import json
+
+    from pipeline.bench.harness import rerender
+
+    doc = results_doc(70_000.0, 20_000.0)
+    path = tmp_path / "latest.json"
+    path.write_text(json.dumps(doc))
+    again = rerender(path)
+    assert again["ratios"]["a"]["quix"] == 3.5 and again["capacity"]["a"]["records_per_s"] == 70_000.0
+    assert {g["goal"] for g in again["goals"]} >= {"peak RSS of the worker", "metrics and logging cost"}
+    with pytest.raises(ValueError, match="cannot read results file"):
+        rerender(tmp_path / "missing.json")
