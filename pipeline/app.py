@@ -244,8 +244,10 @@ def _register_privacy(app: faust.App, p: Pipeline, policy: Policy) -> None:
                     reference=str(body.get("reference", ""))[:200], topics=topic_names(p.settings), policy=policy,
                     cluster=p.settings.clickhouse_cluster)
                 report = await asyncio.get_running_loop().run_in_executor(None, run)
-            except (KeyError, TypeError, ValueError) as exc:
-                return self.json({"error": f"bad erasure request: {exc}"}, status=400)
+            except (KeyError, TypeError, ValueError):
+                # never echo the input: it may be anything, a client IP included
+                return self.json({"error": "bad erasure request: expected JSON with \"app\" an sdk_app_id "
+                                           "(1..4294967295)"}, status=400)
             except InsertError as exc:
                 return self.json({"error": str(exc)}, status=503)
             return self.json(report.as_dict())

@@ -12,6 +12,7 @@
   imtel apps         application registry: list, add, terminate, enforce per-app retention
   imtel settings     every setting with its env var, default and meaning
   imtel bench        benchmark against the peers and the machine's limit (results JSON + tables)
+  imtel engine       serve one embedded store over ClickHouse's HTTP interface (local workers share it)
 
 Bad arguments or settings end with one line naming the problem (exit 2), never a traceback.
 """
@@ -52,8 +53,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 class RepeatFilter(logging.Filter):
-    """Let an identical message through once per ``seconds``: librdkafka logs every failed connection
-    attempt, dozens per second while a broker is down, which would bury everything else."""
+    """Let a driver's identical message through once per ``seconds``: librdkafka and aiokafka log
+    every failed connection attempt, dozens per second while a broker is down, burying the rest."""
 
     def __init__(self, seconds: float = 30.0) -> None:
         super().__init__()
@@ -74,7 +75,20 @@ def _logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("faust", "mode", "aiokafka", "aiohttp"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level.upper())))
-    logging.getLogger("imtel.kafka").addFilter(RepeatFilter())
+    throttle_driver_logs()
+
+
+_REPEATS = RepeatFilter()
+
+
+def throttle_driver_logs() -> None:
+    """Attach the repeat filter to every driver logger that exists now (a logger's filters do not
+    apply to its children, and the faust worker replaces the root handlers, so neither a parent
+    logger nor a handler would do)."""
+    for name in [n for n in logging.Logger.manager.loggerDict if n.startswith(("aiokafka", "imtel.kafka", "kafka"))]:
+        logger = logging.getLogger(name)
+        if _REPEATS not in logger.filters:
+            logger.addFilter(_REPEATS)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -147,6 +161,7 @@ def run_worker(s: Settings, live_output: bool = False) -> int:
     _ensure_data_dir(s)
     _ensure_port_free(s)
     pipeline = build(s, live_output=live_output)
+    throttle_driver_logs()  # now that faust imported aiokafka
     if not s.clickhouse_cluster:  # on a cluster the migration Job (imtel migrate --cluster) does it
         migrations.apply(pipeline.store.client, s.clickhouse_database)
     # The hot path allocates many short-lived lists; everything built so far lives as long as the
@@ -451,6 +466,43 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return harness.main(args, sys.argv[2:] if len(sys.argv) > 2 and sys.argv[1] == "bench" else [])
 
 
+def cmd_engine(args: argparse.Namespace) -> int:
+    """One embedded store behind ClickHouse's HTTP interface until SIGTERM/Ctrl-C (``engine_server``)."""
+    from .engine_server import EngineServer, StoreError, serve
+
+    if args.store.exists() and not args.store.is_dir():
+        raise UsageError(f"--store {args.store} is a file, not a folder")
+    password = None
+    if args.password_file is not None:
+        try:
+            password = args.password_file.read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise UsageError(f"--password-file {args.password_file}: {exc.strerror}") from None
+    args.store.mkdir(parents=True, exist_ok=True)
+    server = EngineServer(args.store, host=args.host, port=args.port, listeners=args.listeners,
+                          fault_admin_port=args.fault_admin_port, user=args.user, password=password)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and password is None:
+        print(f"imtel engine: warning: listening on {args.host} without --password-file: whoever reaches the "
+              "port can read and change the store", file=sys.stderr)
+
+    def announce(srv: EngineServer) -> None:
+        ports = srv.ready()
+        print(f"[imtel] engine: store {args.store} on http://{args.host}:{ports['data'][0]} "
+              f"(IMTEL_CLICKHOUSE_DSN=http://{args.host}:{ports['data'][0]})"
+              + (f", more listeners {ports['data'][1:]}" if len(ports["data"]) > 1 else "")
+              + (f"; fault admin (tests only) on 127.0.0.1:{ports['admin']}" if ports["admin"] else "")
+              + "; SIGTERM or Ctrl-C stops", flush=True)
+
+    try:
+        serve(server, args.ready_file, announce)
+    except OSError as exc:
+        raise UsageError(f"--port {args.port} (or --fault-admin-port) on {args.host} is not available: "
+                         f"{exc.strerror}") from None
+    except StoreError as exc:
+        raise UsageError(str(exc)) from None
+    return 0
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     for env, default, doc in Settings.describe():
         print(f"{env:36} {default:28} {doc}")
@@ -522,6 +574,19 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--to", help="end: now, now-30m, ISO-8601 (UTC) or epoch (default: now)")
     r.add_argument("--out", help="output file (default: imtel-report-APP-START.html)")
     add("settings", cmd_settings, "list every setting")
+    en = add("engine", cmd_engine, "serve one embedded store over ClickHouse's HTTP interface, so several local "
+             "workers and commands share it (IMTEL_CLICKHOUSE_DSN=http://HOST:PORT); not a production ClickHouse")
+    en.add_argument("--store", required=True, type=Path, help="chDB data folder (created if missing)")
+    en.add_argument("--port", type=_port, default=8123, help="HTTP port (0: a free one; default 8123)")
+    en.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    en.add_argument("--user", default="default", help="the one user name clients must give (with a password)")
+    en.add_argument("--password-file", type=Path, default=None,
+                    help="require the password in this file (default: no authentication)")
+    en.add_argument("--ready-file", type=Path, default=None, help="write the ports as JSON here once serving")
+    en.add_argument("--listeners", type=_positive_int, default=1,
+                    help="data ports: the first on --port, the others on free ports (faultable one by one)")
+    en.add_argument("--fault-admin-port", type=_port, default=None,
+                    help="TESTS ONLY: enable fault injection (/__faults) on this loopback port (0: a free one)")
     from .bench.options import add_arguments as bench_arguments
 
     bench_arguments(add("bench", cmd_bench, "benchmark the pipeline against the peers and the machine's limit"))
@@ -532,6 +597,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError("must be a positive whole number")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError("must be a TCP port (0..65535)")
     return value
 
 

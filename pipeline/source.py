@@ -67,6 +67,7 @@ class KafkaBatchSource(Service):
         self.last_topic_check = 0.0
         self.flight: Flight | None = None
         self.busy = False
+        self.resubscribe = False
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def on_start(self) -> None:
@@ -79,13 +80,19 @@ class KafkaBatchSource(Service):
                 # The prefetch queue is most of the consumer's memory: 32 MB keeps it bounded
                 # while letting a fetch cover several polls.
                 "queued.max.messages.kbytes": 32_768,
-                "partition.assignment.strategy": "range"}
+                "partition.assignment.strategy": "range",
+                # a recreated topic must be seen soon, not after the 5-minute default
+                "topic.metadata.refresh.interval.ms": 10_000}
         if self.settings.group_instance_id:
             conf["group.instance.id"] = self.settings.group_instance_id
         self.consumer = Consumer(conf, logger=logging.getLogger("imtel.kafka"))
+        self._subscribe()
+        self._run_task = asyncio.ensure_future(self._run())
+
+    def _subscribe(self) -> None:
+        assert self.consumer is not None
         self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_revoke)
-        self._run_task = asyncio.ensure_future(self._run())
 
     async def on_stop(self) -> None:
         """Graceful stop: let the loop finish its step, flush what is buffered, commit, leave."""
@@ -136,6 +143,10 @@ class KafkaBatchSource(Service):
             except RuntimeError:  # consumer closed while stopping
                 return
             data = [m for m in messages if self._keep(m)]
+            if self.resubscribe:
+                self.resubscribe = False
+                await self._io(self.consumer.unsubscribe)
+                self._subscribe()
             if self.pending_recovery:
                 await self._recover()
             if data:
@@ -288,6 +299,7 @@ class KafkaBatchSource(Service):
     # -- rebalance callbacks (run inside consume(), on the I/O thread) ------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels("assigned").inc()
+        self._recreate_lost_topics()
         self._refresh_topic_ids()
         committed = consumer.committed(partitions, timeout=10)
         for tp in committed:
@@ -336,6 +348,22 @@ class KafkaBatchSource(Service):
             self.metrics.commits.inc()
         except (*RETRYABLE, RuntimeError) as exc:
             log.warning("revoked with %d unwritten records (dropped, not committed): %s", len(flight.buffer), exc)
+
+    def _recreate_lost_topics(self) -> None:
+        """A broker that lost its topics (the bundled one keeps them in memory only) still lets the
+        group re-form from stale metadata, and librdkafka reports no unknown-topic error: so on
+        every assignment, make sure the topics exist; if some had to be created, subscribe again so
+        the new partitions are assigned (their offsets start over, and so do their topic ids)."""
+        from .topics import ensure_topics
+
+        try:
+            created = ensure_topics(self.settings)
+        except Exception as exc:  # the broker may be unreachable right now: the next assignment retries
+            log.warning("could not check the topics: %s", exc)
+            return
+        if set(created) & set(self.topics):
+            log.warning("topics were missing and have been recreated: %s; subscribing again", ", ".join(created))
+            self.resubscribe = True
 
     def _refresh_topic_ids(self) -> None:
         try:

@@ -6,6 +6,10 @@ for each workload run the contenders one after another, each as its own process 
 consumer group and a fresh chDB store -> freshness at half the pipeline's measured max rate ->
 stop the broker -> ratios, goals, the terminal table, JSON, Markdown, the README section.
 
+``pipeline-http`` is the same worker in the production topology: it writes over HTTP to ``imtel
+engine`` in its own process (``engine_process``), so its peak RSS is the worker's alone and the
+engine's CPU and RSS are reported beside it; by default it runs on workload b only (``--http-workloads``).
+
 The slow contenders (the naive faust agent, Quix Streams) read the ``-short`` topic: the same
 records from the start of the same stream, enough for a steady state at their speed, so the whole
 run stays within about five minutes on two cores. Each result carries its own record count.
@@ -31,6 +35,7 @@ from typing import Any
 from .. import embedded
 from . import procstat, profile, report
 from .broker import Produced, TopicWriter, create_topics, free_port, wait_until
+from .engine_process import start_engine
 from .freshness import Freshness, pipeline_freshness, program_freshness
 from .options import REPO, Options, options
 from .runner import Measurement, Program, Target, measure_pipeline, measure_program, spawn
@@ -87,6 +92,14 @@ def programs(o: Options) -> dict[str, Program]:
 def measure(o: Options, contender: str, target: Target) -> Measurement:
     if contender == "pipeline":
         return measure_pipeline(target, o.pipeline_env, o.timeout)
+    if contender == "pipeline-http":
+        try:
+            engine = start_engine(target.run_dir)
+        except RuntimeError as exc:
+            m = Measurement(contender, target.workload, target.produced.records)
+            m.problems.append(str(exc))
+            return m
+        return measure_pipeline(target, o.pipeline_env, o.timeout, engine=engine)
     if contender == "quix" and not o.quix_python.exists():
         m = Measurement("quix", target.workload, target.produced.records)
         m.problems.append(f"not installed: {o.quix_python} is missing (`make bench` creates .venv-quix)")
@@ -109,9 +122,13 @@ def _line(m: Measurement) -> str:
     took = f"[{m.extra.get('run_wall_s', 0):.0f} s]"
     if not m.correct:
         return f"[bench] {m.contender}/{m.workload}: void — {'; '.join(m.problems)[:300]} {took}"
+    engine = m.extra.get("engine")
+    who = "worker " if engine else ""
+    beside = (f" + engine process CPU {engine['cpu_s_per_million'] or 0:.1f} s/M, peak RSS "
+              f"{engine['peak_rss_mb']:.0f} MB" if engine else "")
     return (f"[bench] {m.contender}/{m.workload}: {m.records:,} records in {m.seconds:.2f} s = "
-            f"{m.records_per_s:,.0f}/s, CPU {m.cpu_s_per_million or 0:.1f} s/M, peak RSS {m.peak_rss_mb:.0f} MB "
-            f"✓ {took}")
+            f"{m.records_per_s:,.0f}/s, {who}CPU {m.cpu_s_per_million or 0:.1f} s/M, {who}peak RSS "
+            f"{m.peak_rss_mb:.0f} MB{beside} ✓ {took}")
 
 
 def _fresh_line(f: Freshness) -> str:
@@ -145,6 +162,8 @@ def run(o: Options) -> dict[str, Any]:
         for w in ws:
             p = produced[w.name]
             for contender in o.contenders:
+                if contender == "pipeline-http" and w.name not in o.http_workloads:
+                    continue
                 slow = contender in SLOW
                 target = Target(w.name, p["short"] if slow else p["full"], p["expected_short"] if slow else
                                 p["expected"], bootstrap, work / f"{contender}-{w.name}")

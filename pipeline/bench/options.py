@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-CONTENDERS = ("pipeline", "naive-faust", "quix", "limit-consume", "limit-insert")
+CONTENDERS = ("pipeline", "pipeline-http", "naive-faust", "quix", "limit-consume", "limit-insert")
 DEFAULT_OUT = Path("bench/results/latest.json")
 
 
@@ -35,14 +35,17 @@ class Options:
     keep: bool
     command: str
     profile: bool = True
+    http_workloads: tuple[str, ...] = ("b",)
     render: Path | None = None
 
 
 # -- command line ------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``imtel bench``."""
-    p.add_argument("--contenders", default="pipeline,naive-faust,quix,limit",
-                   help="comma list of pipeline, naive-faust, quix, limit (= limit-consume + limit-insert)")
+    p.add_argument("--contenders", default="pipeline,pipeline-http,naive-faust,quix,limit",
+                   help="comma list of pipeline, pipeline-http (the worker writing over HTTP to `imtel engine` in "
+                        "its own process), naive-faust, quix, limit (= limit-consume + limit-insert)")
+    p.add_argument("--http-workloads", default="b", help="workloads pipeline-http runs on (comma list; default b)")
     p.add_argument("--workloads", default="a,b", help="a: one record per message; b: 100-500 records per message")
     p.add_argument("--records-a", type=int, default=None, help="records of workload a (default 250000)")
     p.add_argument("--records-b", type=int, default=None, help="records of workload b (default 750000)")
@@ -75,7 +78,8 @@ def options(args: argparse.Namespace, argv: list[str]) -> Options:
     expanded = [x for c in wanted for x in (("limit-consume", "limit-insert") if c == "limit" else (c,))]
     unknown = sorted(set(expanded) - set(CONTENDERS))
     if unknown or not expanded:
-        raise ValueError(f"unknown contender {', '.join(unknown) or '(none)'}: use pipeline, naive-faust, quix, limit")
+        raise ValueError(f"unknown contender {', '.join(unknown) or '(none)'}: use pipeline, pipeline-http, "
+                         "naive-faust, quix, limit")
     order = tuple(c for c in CONTENDERS if c in expanded)
     loads = tuple(dict.fromkeys(x.strip() for x in args.workloads.split(",") if x.strip()))
     if not loads or set(loads) - {"a", "b"}:
@@ -100,6 +104,9 @@ def options(args: argparse.Namespace, argv: list[str]) -> Options:
     fresh_loads = tuple(x.strip() for x in args.freshness_workloads.split(",") if x.strip())
     if set(fresh_loads) - {"a", "b"}:
         raise ValueError("--freshness-workloads takes a, b or a,b")
+    http_loads = tuple(x.strip() for x in args.http_workloads.split(",") if x.strip())
+    if set(http_loads) - {"a", "b"}:
+        raise ValueError("--http-workloads takes a, b or a,b")
     if args.timeout is not None and args.timeout <= 0:
         raise ValueError("--timeout must be positive")
     readme = None if args.no_readme or (quick and args.readme is None) else (args.readme or Path("README.md"))
@@ -108,7 +115,8 @@ def options(args: argparse.Namespace, argv: list[str]) -> Options:
                    1.0 if quick else 3.0, fresh_loads,
                    args.timeout or (90.0 if quick else 180.0), out, readme, quick, env, args.quix_python, args.seed,
                    args.work_dir, bool(args.keep), " ".join(["imtel bench", *argv]),
-                   profile=not (args.no_profile or quick) and "pipeline" in order, render=args.render)
+                   profile=not (args.no_profile or quick) and "pipeline" in order, render=args.render,
+                   http_workloads=http_loads)
 
 
 

@@ -29,13 +29,16 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import procstat, profile, verify
 from .broker import CommitProbe, Produced, free_port
 from .options import REPO
 from .status import Job, read_status
 from .workload import Expected
+
+if TYPE_CHECKING:
+    from .engine_process import EngineProcess
 
 POLL_S = 0.05
 
@@ -153,12 +156,20 @@ def worker_cmd() -> list[str]:
 
 
 def measure_pipeline(t: Target, overrides: dict[str, str], timeout: float,
-                     profile_out: Path | None = None) -> Measurement:
+                     profile_out: Path | None = None, engine: EngineProcess | None = None) -> Measurement:
     """Contender 1: ``imtel worker`` from first record consumed to the last offset committed
-    (with ``profile_out``: py-spy samples it over that window; such a run's speed is not reported)."""
-    m = Measurement("pipeline", t.workload, t.produced.records)
+    (with ``profile_out``: py-spy samples it over that window; such a run's speed is not reported).
+
+    With ``engine`` (``pipeline-http``), the worker writes over HTTP to that engine process, whose
+    CPU over the same window and peak RSS are recorded under ``extra["engine"]``; it is stopped
+    (store closed) before the store is verified."""
+    m = Measurement("pipeline" if engine is None else "pipeline-http", t.workload, t.produced.records)
     t.run_dir.mkdir(parents=True, exist_ok=True)
+    if engine is not None:
+        overrides = {**overrides, "IMTEL_CLICKHOUSE_DSN": engine.dsn}
     env, port, store, group = pipeline_env(t, t.run_dir.name, overrides)
+    store = engine.store if engine is not None else store
+    engine_cpu: list[float | None] = []  # the engine's CPU seconds at the window's start and end
     log = t.run_dir / "worker.log"
     proc = spawn(worker_cmd(), log, env)
     probe = CommitProbe(t.bootstrap, group, t.produced.topic, t.produced.end_offsets)
@@ -170,9 +181,11 @@ def measure_pipeline(t: Target, overrides: dict[str, str], timeout: float,
                 text = scrape(port, 0.5)
                 if text and sample_value(text, "imtel_records_consumed_total", f'topic="{t.produced.topic}"') > 0:
                     first, first_cpu = time.time(), procstat.cpu_seconds(proc.pid)
+                    engine_cpu += [engine.cpu_seconds()] if engine is not None else []
                     spy = profile.start(proc.pid, profile_out) if profile_out else None
             elif probe.done():
                 end, end_cpu = time.time(), procstat.cpu_seconds(proc.pid)
+                engine_cpu += [engine.cpu_seconds()] if engine is not None else []
                 break
             time.sleep(POLL_S)
         profile.finish(spy)
@@ -181,17 +194,32 @@ def measure_pipeline(t: Target, overrides: dict[str, str], timeout: float,
         probe.close()
         profile.finish(spy)
         exit_ = procstat.stop(proc)
+        if engine is not None:
+            m.extra["engine"] = engine_cost(engine.stop(), engine_cpu, m.records)
     m.peak_rss_mb = round(exit_.peak_rss_mb, 1)
     if first is None or end is None:
         m.problems.append(_unfinished(exit_.returncode, time.monotonic() >= deadline, timeout, log))
         return m
     m.finish(end - first, None if first_cpu is None or end_cpu is None else end_cpu - first_cpu)
+    if engine is not None:
+        m.notes.append("ClickHouse over HTTP: `imtel engine` in its own process; CPU s/M and peak RSS are the "
+                       "worker's, the engine's are under extra.engine")
     m.extra["rows_written_metric"] = sample_value(final, "imtel_rows_written_total", 'table="request_logs"')
     m.extra["offset_commits"] = sample_value(final, "imtel_offset_commits_total")
     m.extra["process_cpu_seconds_total"] = round(exit_.cpu_seconds, 2)
     m.notes.append(f"window start seen by polling /metrics every {POLL_S * 1000:.0f} ms")
     judge(m, store, t.expected)
     return m
+
+
+def engine_cost(exit_: procstat.Exit, cpu: list[float | None], records: int) -> dict[str, Any]:
+    """The engine process's cost: CPU over the worker's window (when both edges were seen), CPU and
+    peak RSS over its whole life."""
+    window = cpu[1] - cpu[0] if len(cpu) == 2 and cpu[0] is not None and cpu[1] is not None else None
+    return {"cpu_seconds": None if window is None else round(window, 3),
+            "cpu_s_per_million": None if window is None or not records else round(window / records * 1e6, 2),
+            "peak_rss_mb": round(exit_.peak_rss_mb, 1), "process_cpu_seconds_total": round(exit_.cpu_seconds, 2),
+            "returncode": exit_.returncode}
 
 
 def _unfinished(code: int, timed_out: bool, timeout: float, log: Path) -> str:

@@ -1,9 +1,10 @@
 """Smoke test of the benchmark harness on real parts (its own bundled broker, chDB stores, the worker).
 
-Runs ``imtel bench --quick`` with tiny counts on the batched workload, for the pipeline and the
-limit contenders, and checks the results document: its structure, that every measurement was
-verified against the produced workload (row count and aggregate checksum equal), and that the
-table, the Markdown and the goal verdicts are there. Speeds are never asserted.
+Runs ``imtel bench --quick`` with tiny counts on the batched workload, for the pipeline (in process
+and over HTTP to ``imtel engine`` in its own process) and the limit contenders, and checks the
+results document: its structure, that every measurement was verified against the produced workload
+(row count and aggregate checksum equal), that the engine process was measured beside the worker,
+and that the table, the Markdown and the goal verdicts are there. Speeds are never asserted.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ MEASUREMENT_KEYS = {"contender", "workload", "records", "seconds", "records_per_
 def test_quick_bench_writes_verified_results(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "bench", "--quick", "--contenders", "pipeline,limit",
+        [sys.executable, "-m", "pipeline.cli", "bench", "--quick", "--contenders", "pipeline,pipeline-http,limit",
          "--workloads", "b", "--freshness-seconds", "0", "--timeout", "40", "--out", str(out),
          "--work-dir", str(tmp_path / "work")],
-        capture_output=True, text=True, timeout=150)
+        capture_output=True, text=True, timeout=200)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(out.read_text())
 
@@ -38,7 +39,7 @@ def test_quick_bench_writes_verified_results(tmp_path: Path) -> None:
     assert wl["checksum"]["rows"] == 20_000
 
     runs = {r["contender"]: r for r in results["throughput"]}
-    assert set(runs) == {"pipeline", "limit-consume", "limit-insert"}
+    assert set(runs) == {"pipeline", "pipeline-http", "limit-consume", "limit-insert"}
     for name, run in runs.items():
         assert set(run) >= MEASUREMENT_KEYS, name
         assert run["workload"] == "b" and run["records"] == 20_000
@@ -47,9 +48,17 @@ def test_quick_bench_writes_verified_results(tmp_path: Path) -> None:
         assert run["records_per_s"] > 0 and run["peak_rss_mb"] > 0
     assert runs["pipeline"]["extra"]["store_rows"] == 20_000
     assert runs["limit-insert"]["extra"]["store_rows"] == 20_000
+    # over HTTP: the store the engine process served holds the workload, the engine was measured on
+    # its own and stopped cleanly (SIGTERM -> store closed, exit 0)
+    assert runs["pipeline-http"]["extra"]["store_rows"] == 20_000
+    engine = runs["pipeline-http"]["extra"]["engine"]
+    assert engine["returncode"] == 0 and engine["peak_rss_mb"] > 0 and engine["cpu_seconds"] is not None
 
-    assert set(results["ratios"]["b"]) == {"limit-consume", "limit-insert"}
+    assert set(results["ratios"]["b"]) == {"pipeline-http", "limit-consume", "limit-insert"}
     goals = {g["goal"]: g for g in results["goals"]}
+    rss = goals["peak RSS of the worker"]
+    assert rss["value"] == runs["pipeline-http"]["peak_rss_mb"] and "separate process" in rss["why"]
+    assert "in-process engine" in rss["why"]
     assert goals["batched messages: records/s end to end"]["met"] in (True, False)
     assert goals["metrics and logging cost"]["met"] is None
     assert results["machine"]["cpus"] >= 1 and results["versions"]["confluent-kafka"] != "?"

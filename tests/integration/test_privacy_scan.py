@@ -37,14 +37,19 @@ from .conftest import run_sql
 pytestmark = pytest.mark.integration
 
 DAY_MS = 86_400_000
+DROP = "%27;%20DROP%20TABLE%20imtel.request_logs;%20--"
 SPECIAL_IPS = ["2001:DB8:ABCD:12::1", "2001:0db8:0001:0002:0000:0000:0000:0005", "::ffff:198.51.100.23",
                "203.0.113.7", "198.51.100.200"]
 
 
-def get(url: str) -> str:
-    """Body of a GET, error answers included (an error message is output too)."""
+def get(url: str, body: dict[str, object] | None = None) -> str:
+    """Body of a GET (or of a POST of ``body`` as the CLI sends it), error answers included: an
+    error message is output too. Error answers start with ``HTTP <status>``."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json",
+                                                              "X-Imtel-Request": "cli"})
     try:
-        with urllib.request.urlopen(url, timeout=60) as resp:
+        with urllib.request.urlopen(request, timeout=60) as resp:
             return str(resp.read().decode(errors="replace"))
     except urllib.error.HTTPError as exc:
         return f"HTTP {exc.code}: " + exc.read().decode(errors="replace")
@@ -88,6 +93,12 @@ def test_no_full_client_ip_in_anything_the_pipeline_emits(pipeline_env: dict[str
                      f"/queries/app_health?minutes={probe_ip}", f"/queries/app_health?app={probe_ip}",
                      f"/report?app={probe_ip}", f"/report?app={app}&from={probe_ip}"]:
             emitted[path] = get(base + path)
+        emitted["POST /erase (address as app)"] = get(base + "/erase", {"app": probe_ip, "reference": "t"})
+        # SQL where values belong: refused (400) before any statement; tables intact (counted below)
+        for path, body in [(f"/queries/app_health?minutes=5{DROP}", None), ("/queries/top_failing?app=1%20OR%201=1",
+                           None), (f"/report?app={app}{DROP}", None), ("/erase", {"app": f"1{DROP}"})]:
+            answer = emitted[f"{path} {body or ''}"] = get(base + path, body)
+            assert answer.startswith("HTTP 400"), (path, answer[:300])
         cli = subprocess.run([sys.executable, "-m", "pipeline.cli", "query", "app_health", "minutes=30", "--format",
                               "json"], env=pipeline_env, capture_output=True, text=True, timeout=60)
         bad = subprocess.run([sys.executable, "-m", "pipeline.cli", "query", "app_health", f"app={probe_ip}"],

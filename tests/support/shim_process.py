@@ -1,7 +1,8 @@
-"""Run ``ch_http_shim`` as a child process and drive it from a test: DSNs, faults, SQL for assertions.
+"""Run ``imtel engine`` (``pipeline/engine_server.py``) with its fault admin listener explicitly
+enabled as a child process, and drive it from a test: DSNs, faults, SQL for assertions.
 
-The shim process owns the chDB store (one process per store); the test process never opens it. Test
-assertions read through the shim's admin listener, which speaks the same HTTP interface but is never
+The engine process owns the chDB store (one process per store); the test process never opens it. Test
+assertions read through the admin listener, which speaks the same HTTP interface but is never
 faulted, so what a test checks is what the real engine holds.
 """
 
@@ -15,7 +16,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-SHIM = Path(__file__).with_name("ch_http_shim.py")
+SHIM = Path(__file__).with_name("ch_http_shim.py")  # the same server as a script (``--password`` for auth tests)
+REPO = Path(__file__).resolve().parents[2]
 
 
 class ShimProcess:
@@ -39,15 +41,16 @@ class ShimProcess:
         ready = self.workdir / "shim-ready.json"
         ready.unlink(missing_ok=True)
         log = open(self.workdir / "shim.log", "ab")  # noqa: SIM115 - owned by the child process
-        self.proc = subprocess.Popen([sys.executable, str(SHIM), "--store", str(self.store), "--listeners",
-                                      str(self.listeners), "--ready-file", str(ready)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "engine", "--store", str(self.store),
+                                      "--port", "0", "--listeners", str(self.listeners), "--fault-admin-port", "0",
+                                      "--ready-file", str(ready)], cwd=REPO,
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout
         while not ready.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"the ClickHouse HTTP shim did not start: {self.log_tail()}")
+                raise RuntimeError(f"imtel engine did not start: {self.log_tail()}")
             time.sleep(0.05)
         info = json.loads(ready.read_text())
         self.data_ports, self.admin_port = list(info["data"]), int(info["admin"])
@@ -74,7 +77,7 @@ class ShimProcess:
 
     # -- faults -------------------------------------------------------------------------------------
     def fault(self, mode: str, listener: int = 0, **spec: Any) -> dict[str, Any]:
-        """Inject a fault (see ``ch_http_shim``); returns it as the shim recorded it."""
+        """Inject a fault (see ``pipeline.engine_faults``); returns it as the engine recorded it."""
         return self._control("POST", {"mode": mode, "listener": listener, **spec})
 
     def faults(self) -> list[dict[str, Any]]:

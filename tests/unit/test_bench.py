@@ -169,7 +169,8 @@ def test_options_expand_limit_and_reject_bad_input() -> None:
     assert o.contenders == ("pipeline", "limit-consume", "limit-insert") and o.quick and o.readme is None
     assert o.records == {"a": 3_000, "b": 20_000} and o.short["b"] <= o.records["b"]
     full = parse()
-    assert full.contenders == ("pipeline", "naive-faust", "quix", "limit-consume", "limit-insert")
+    assert full.contenders == ("pipeline", "pipeline-http", "naive-faust", "quix", "limit-consume", "limit-insert")
+    assert full.http_workloads == ("b",) and parse("--http-workloads", "a,b").http_workloads == ("a", "b")
     assert full.out == Path("bench/results/latest.json") and full.readme == Path("README.md")
     with pytest.raises(ValueError, match="unknown contender"):
         parse("--contenders", "flink")
@@ -179,6 +180,8 @@ def test_options_expand_limit_and_reject_bad_input() -> None:
         parse("--pipeline-env", "BATCH=1")
     with pytest.raises(ValueError, match="positive"):
         parse("--records-a", "0")
+    with pytest.raises(ValueError, match="--http-workloads"):
+        parse("--http-workloads", "c")
 
 
 def test_profile_shares_count_stacks_through_metrics_and_logging() -> None:
@@ -212,3 +215,46 @@ def test_render_recomputes_the_derived_parts_of_a_results_file(tmp_path: Path) -
     assert {g["goal"] for g in again["goals"]} >= {"peak RSS of the worker", "metrics and logging cost"}
     with pytest.raises(ValueError, match="cannot read results file"):
         rerender(tmp_path / "missing.json")
+
+
+def with_http_run(doc: dict[str, Any], worker_rss: float, engine_rss: float, correct: bool = True) -> dict[str, Any]:
+    """``doc`` plus a ClickHouse-over-HTTP pipeline run on workload a (worker and engine measured apart)."""
+    row = {"contender": "pipeline-http", "workload": "a", "records": 1000, "records_per_s": 60_000.0,
+           "cpu_s_per_million": 6.0, "peak_rss_mb": worker_rss, "correct": correct,
+           "problems": [] if correct else ["request_logs has 10 rows, expected 1000"],
+           "extra": {"engine": {"cpu_s_per_million": 4.25, "peak_rss_mb": engine_rss}}}
+    return {**doc, "throughput": [*doc["throughput"], row]}
+
+
+def test_rss_goal_uses_the_worker_over_http_and_states_the_engine_and_the_in_process_number() -> None:
+    doc = results_doc(70_000.0, 20_000.0)
+    doc["throughput"][0]["peak_rss_mb"] = 830.0  # the in-process pipeline: engine included
+    doc["baselines"] = {"embedded_clickhouse_rss_mb": 338.0}
+    alone = {g["goal"]: g for g in report.goals(doc)}["peak RSS of the worker"]
+    assert (alone["value"], alone["met"]) == (830.0, False) and "engine in the worker process" in alone["why"]
+
+    doc = with_http_run(doc, worker_rss=190.0, engine_rss=700.0)
+    goal = {g["goal"]: g for g in report.goals(doc)}["peak RSS of the worker"]
+    assert (goal["value"], goal["met"]) == (190.0, True)
+    assert goal["why"] == ("worker 190 MB + engine 700 MB (separate process, ClickHouse over HTTP, workload a); "
+                           "in-process engine: 830 MB")
+    over = with_http_run(results_doc(70_000.0, 20_000.0), worker_rss=310.0, engine_rss=700.0)
+    assert {g["goal"]: g for g in report.goals(over)}["peak RSS of the worker"]["met"] is False
+    void = with_http_run(results_doc(70_000.0, 20_000.0), worker_rss=150.0, engine_rss=700.0, correct=False)
+    voided = {g["goal"]: g for g in report.goals(void)}["peak RSS of the worker"]
+    assert voided["met"] is False and voided["value"] is None and "expected 1000" in voided["why"]
+
+
+def test_the_engine_process_cost_is_shown_beside_the_worker_and_in_capacity() -> None:
+    doc = with_http_run(results_doc(70_000.0, 20_000.0), worker_rss=190.0, engine_rss=700.0)
+    doc["goals"] = report.goals(doc)
+    rows = {r[1]: r for r in report.table_rows(doc)}
+    http = rows["imtel pipeline, ClickHouse over HTTP (engine in its own process)"]
+    assert http[5] == "190" and http[6] == "4.2, 700 (separate)"
+    assert rows["imtel pipeline"][6] == "in process (included)" and rows["limit: consume + msgspec decode"][6] == "-"
+    assert report.ratios(doc)["a"]["pipeline-http"] == round(70_000 / 60_000, 3)
+    md = report.render_markdown(doc)
+    assert "worker 190 MB + engine 700 MB (separate process" in md and "engine process: CPU s / M" in md
+    assert report.capacity(doc)["a"]["over_http"] == {
+        "records_per_s": 60_000.0, "worker_peak_rss_mb": 190.0, "worker_cpu_s_per_million": 6.0,
+        "engine_peak_rss_mb": 700.0, "engine_cpu_s_per_million": 4.25}
