@@ -137,11 +137,23 @@ class Decoder(Generic[T]):
         return out
 
 
-def time_reason(event_ms: int, now_ms: int, max_age_ms: int, max_skew_ms: int) -> str | None:
-    """The documented timestamp rule: older than retention -> ``too_old``; more than the allowed
-    clock skew ahead -> ``in_future``. Such records are dead-lettered, never silently stored (a row
-    already past its TTL would vanish at the next merge; one from the future would outlive it)."""
-    if event_ms < now_ms - max_age_ms:
+def oldest_kept(now_ms: int, max_age_ms: int, granularity_ms: int = 1) -> int:
+    """The oldest event time that is not already past its table's TTL.
+
+    The TTLs count from the start of the event's day (request logs) or hour (monitoring data), so a
+    row expires when ``trunc(t) + retention <= now``, i.e. exactly when ``t`` is earlier than the
+    start of the unit holding ``now - retention``, plus one unit."""
+    if granularity_ms <= 1:
+        return now_ms - max_age_ms
+    return (now_ms - max_age_ms) // granularity_ms * granularity_ms + granularity_ms
+
+
+def time_reason(event_ms: int, now_ms: int, max_age_ms: int, max_skew_ms: int, granularity_ms: int = 1) -> str | None:
+    """The documented timestamp rule: already past its retention (the table's TTL, see
+    ``oldest_kept``) -> ``too_old``; more than the allowed clock skew ahead -> ``in_future``. Such
+    records are dead-lettered, never silently stored (a row already past its TTL would vanish at the
+    next merge; one from the future would outlive it)."""
+    if event_ms < oldest_kept(now_ms, max_age_ms, granularity_ms):
         return "too_old"
     if event_ms > now_ms + max_skew_ms:
         return "in_future"

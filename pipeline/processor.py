@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from . import aggregate, failpoints
 from .batch import Buffer, DeadLetter, Origin, dead_letter_table, log_batch, new_batch_id, sample_batch
-from .decode import BAD_INPUT, Decoded, Decoder, Reject, time_reason
+from .decode import BAD_INPUT, Decoded, Decoder, Reject, oldest_kept, time_reason
 from .metrics import LATENCY_BUCKETS_S, Metrics
 from .policy import DAY_MS, Policy
 from .privacy import Minimiser, minimise_column, minimiser
@@ -69,6 +69,8 @@ class Processor:
         self.samples_fast: Decoder[Any] = Decoder(LooseMonitoringSample)  # type: ignore[type-var]
         self.max_age_ms = {settings.topic_request_logs: policy.log_data_days * DAY_MS,
                            settings.topic_monitoring_samples: policy.monitoring_data_days * DAY_MS}
+        # the unit the tables' TTLs truncate event times to (001: toDate, 002/003: toStartOfHour)
+        self.ttl_unit_ms = {settings.topic_request_logs: DAY_MS, settings.topic_monitoring_samples: 3_600_000}
         self.skew_ms = settings.max_future_skew_seconds * 1000
         self.buffer = Buffer()
         self.topic_ids: dict[str, str] = {}
@@ -191,8 +193,8 @@ class Processor:
         records = chunk.records
         times = np.fromiter(map(attrgetter("request_time" if is_logs else "window_start"), records),
                             np.int64, len(records))
-        max_age = self.max_age_ms[topic]
-        bad = (times < now_ms - max_age) | (times > now_ms + self.skew_ms)
+        oldest = oldest_kept(now_ms, self.max_age_ms[topic], self.ttl_unit_ms[topic])
+        bad = (times < oldest) | (times > now_ms + self.skew_ms)
         nets: pa.Array | None = None
         if is_logs:
             nets = minimise_column(list(map(attrgetter("client_ip"), records)), self.settings.pii_mode,
@@ -222,7 +224,7 @@ class Processor:
         topic_id = self.topic_ids.get(topic, topic)
         max_age = self.max_age_ms[topic]
         for i in np.flatnonzero(bad).tolist():
-            reason = time_reason(int(times[i]), now_ms, max_age, self.skew_ms)
+            reason = time_reason(int(times[i]), now_ms, max_age, self.skew_ms, self.ttl_unit_ms[topic])
             if reason is None:
                 reason = "invalid_ip" if nets is not None and not nets[i].is_valid else "inconsistent"
             origin = Origin(topic, topic_id, chunk.partitions[i], chunk.offsets[i], chunk.indices[i])

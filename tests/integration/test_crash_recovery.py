@@ -131,9 +131,9 @@ def build_workload(logs: str, samples: str, now_ms: int) -> tuple[list[Message],
 class Streamer(threading.Thread):
     """Produces the workload at a steady pace over ``seconds`` (the worker dies and restarts meanwhile)."""
 
-    def __init__(self, producer: RecordingProducer, messages: list[Message], seconds: float) -> None:
+    def __init__(self, producer: RecordingProducer, messages: list[Message], seconds: float, first: int = 0) -> None:
         super().__init__(name="streamer", daemon=True)
-        self.producer, self.messages, self.seconds = producer, messages, seconds
+        self.producer, self.messages, self.seconds, self.first = producer, messages, seconds, first
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -143,7 +143,7 @@ class Streamer(threading.Thread):
                 due = min(len(self.messages), int((time.monotonic() - start) / self.seconds * len(self.messages)) + 1)
                 for i in range(sent, due):
                     m = self.messages[i]
-                    self.producer.send(m.topic, m.value, m.key, i)
+                    self.producer.send(m.topic, m.value, m.key, self.first + i)  # tag = index in the workload
                 sent = due
                 time.sleep(0.05)
             self.producer.flush(60)
@@ -212,17 +212,27 @@ def test_kill_minus_9_at_every_step_loses_and_doubles_nothing(pipeline_env: dict
     logs, samples = s.topic_request_logs, s.topic_monitoring_samples
     messages, ips = build_workload(logs, samples, int(time.time() * 1000))
     producer = RecordingProducer(own_broker.bootstrap, **{"linger.ms": 20})
-    streamer = Streamer(producer, messages, STREAM_SECONDS)
+    # the last quarter is held back for the last life, so its random kill always lands while records
+    # flow, however slow the machine (on a loaded one the first part may be all written by then)
+    cut = len(messages) * 3 // 4
+    streamer = Streamer(producer, messages[:cut], STREAM_SECONDS)
     streamer.start()
+    tail = Streamer(producer, messages[cut:], 10.0, first=cut)
 
     # each restart after a kill costs ~11 s on the bundled broker (the dead member's session timeout
     # plus the rebalance), so four kills, one per window, keep the test near a minute and a half
     lives = [Life("flush.after_raw=3"), Life("commit.before=3"), Life("revoke.before_flush=1", rebalance=True),
              Life(random_kill=True)]
     rng = random.Random(7)
-    workers = [run_life(life, n, env, tmp_path, rng) for n, life in enumerate(lives, 1)]
+    workers = []
+    for n, life in enumerate(lives, 1):
+        if life.random_kill:
+            streamer.join(120)
+            tail.start()
+        workers.append(run_life(life, n, env, tmp_path, rng))
     streamer.join(120)
-    assert streamer.error is None, streamer.error
+    tail.join(120)
+    assert streamer.error is None and tail.error is None, (streamer.error, tail.error)
     final = WorkerProcess("final", env, tmp_path).start()
     workers.append(final)
     want = {(logs, p): o for p, o in producer.end_offsets(logs).items()}

@@ -147,7 +147,9 @@ def nasties(now_ms: int, traffic: Traffic) -> list[Case]:
         ("SQL in request_id", log(request_id="r'); DROP TABLE imtel.request_logs; --")),
         ("control characters in exception", log(exception=CONTROL_EXCEPTION)),
         ("control characters in platform", log(platform="p\x00\x1b[2J\u202e")),
-        ("time 7 days minus 1 h ago", log(request_time=now_ms - 7 * DAY_MS + 3_600_000)),
+        # the oldest kept: request-log TTLs count from the start of the day, so anything from the
+        # first day still inside the 7-day window is kept at any time of day
+        ("time 6 days minus 1 h ago", log(request_time=now_ms - 6 * DAY_MS + 3_600_000)),
         ("time 100 s ahead (clock skew)", log(request_time=now_ms + 100_000)),
         ("IPv4-mapped IPv6 client", log(client_ip="::ffff:198.51.100.23")),
         ("upper-case IPv6 client", log(client_ip="2001:DB8:ABCD:12::1")),

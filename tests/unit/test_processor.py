@@ -256,3 +256,16 @@ def test_lost_acknowledgements_neither_double_rows_nor_aggregates() -> None:
     assert sorted(r["request_id"] for r in store.rows("request_logs")) == sorted(f"r{i}" for i in range(50))
     assert store.aggregated == 1  # folded once; the retry rebuilt the minutes instead
     assert sorted(part for part, _ in store.rebuilt) == [0, 1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(now=st.integers(10 * 86_400_000, 4_000_000_000_000), age=st.integers(0, 20 * 86_400_000),
+       unit=st.sampled_from([86_400_000, 3_600_000]), days=st.integers(1, 14))
+def test_event_time_rule_matches_the_ttl(now: int, age: int, unit: int, days: int) -> None:
+    """A record is dead-lettered as too old exactly when its row would already be past the table's
+    TTL (``trunc(t, unit) + retention <= now``): nothing is stored only to vanish at the next merge."""
+    from pipeline.decode import time_reason
+
+    t = now - age
+    expired = (t // unit * unit) + days * 86_400_000 <= now
+    assert (time_reason(t, now, days * 86_400_000, 300_000, unit) == "too_old") == expired
