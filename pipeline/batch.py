@@ -78,15 +78,17 @@ def _interface(records: Sequence[Any], checked: pa.Array | None) -> pa.Array:
     return pa.array(list(map(attrgetter("interface"), records)), pa.string())
 
 
-def log_batch(records: Sequence[RequestLog], nets: pa.Array, topic_id: str, partitions: Sequence[int],
-              offsets: Sequence[int], indices: Sequence[int], interface: pa.Array | None = None) -> pa.RecordBatch:
+def log_batch(records: Sequence[RequestLog], times: np.ndarray, nets: pa.Array, topic_id: str,
+              partitions: Sequence[int], offsets: Sequence[int], indices: Sequence[int],
+              interface: pa.Array | None = None) -> pa.RecordBatch:
     """Columns of many validated request logs at once (no per-record Python beyond one attribute
-    read per column): the hot path builds one of these per consumed batch, per topic."""
+    read per column): the hot path builds one of these per consumed batch, per topic. ``times`` (epoch
+    ms) and ``nets`` are the columns the processor already built to apply its rules."""
     n = len(records)
     get = {name: list(map(attrgetter(name), records)) for name in _LOG_FIELDS}
     exception = pa.array(get["exception"], pa.string()).fill_null("")
     return pa.RecordBatch.from_arrays([
-        pa.array(get["request_time"], pa.int64()).cast(LOG_SCHEMA.field("request_time").type),
+        pa.array(times, pa.int64()).cast(LOG_SCHEMA.field("request_time").type),
         _column(get["sdk_app_id"], pa.uint32()), _interface(records, interface),
         _column(get["request_id"], pa.string()), nets,
         _column(get["latency_ms"], pa.uint32()), _column(get["error_code"], pa.int32()), exception,
@@ -96,14 +98,14 @@ def log_batch(records: Sequence[RequestLog], nets: pa.Array, topic_id: str, part
     ], schema=_LOG_BODY)
 
 
-def sample_batch(records: Sequence[MonitoringSample], topic_id: str, partitions: Sequence[int],
+def sample_batch(records: Sequence[MonitoringSample], times: np.ndarray, topic_id: str, partitions: Sequence[int],
                  offsets: Sequence[int], indices: Sequence[int], interface: pa.Array | None = None
                  ) -> pa.RecordBatch:
     """Columns of many validated monitoring samples (see ``log_batch``)."""
     n = len(records)
     get = {name: list(map(attrgetter(name), records)) for name in _SAMPLE_FIELDS}
     return pa.RecordBatch.from_arrays([
-        pa.array(get["window_start"], pa.int64()).cast(SAMPLE_SCHEMA.field("window_start").type),
+        pa.array(times, pa.int64()).cast(SAMPLE_SCHEMA.field("window_start").type),
         _column(get["sdk_app_id"], pa.uint32()), _interface(records, interface),
         _column(get["window_seconds"], pa.uint16()), _column(get["requests"], pa.uint32()),
         _column(get["failures"], pa.uint32()), _column(get["latency_avg_ms"], pa.float64()),
@@ -113,9 +115,9 @@ def sample_batch(records: Sequence[MonitoringSample], topic_id: str, partitions:
     ], schema=_SAMPLE_BODY)
 
 
-_LOG_FIELDS = ("request_time", "sdk_app_id", "request_id", "latency_ms", "error_code", "exception",
+_LOG_FIELDS = ("sdk_app_id", "request_id", "latency_ms", "error_code", "exception",
                "region", "platform")
-_SAMPLE_FIELDS = ("window_start", "sdk_app_id", "window_seconds", "requests", "failures",
+_SAMPLE_FIELDS = ("sdk_app_id", "window_seconds", "requests", "failures",
                   "latency_avg_ms", "latency_max_ms", "reporter")
 _LOG_BODY = pa.schema(list(LOG_SCHEMA)[:-1])
 _SAMPLE_BODY = pa.schema(list(SAMPLE_SCHEMA)[:-1])
@@ -153,10 +155,6 @@ class Buffer:
     def touch(self, now: float) -> None:
         if not self.started:
             self.started = now
-
-    def consumed(self, topic: str, partition: int, offset: int) -> None:
-        """Remember that offsets up to ``offset`` of this partition are covered by this buffer."""
-        self.next_offsets[(topic, partition)] = offset + 1
 
     def add_logs(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows:

@@ -102,8 +102,9 @@ class Processor:
 
         Hot path: per message only the decode call and a few list appends; everything per record
         (event-time rule, IP minimisation, columns) is done once per topic over the whole batch."""
-        now_ms = int(self.clock() * 1000)
-        self.buffer.touch(self.clock())
+        now = self.clock()
+        now_ms = int(now * 1000)
+        self.buffer.touch(now)
         chunks = {self.settings.topic_request_logs: _Chunk(self.logs_decoder, self.logs_fast),
                   self.settings.topic_monitoring_samples: _Chunk(self.samples_decoder, self.samples_fast)}
         messages = list(messages)
@@ -207,15 +208,16 @@ class Processor:
             bad |= failures > requests
         if bad.any():
             nets = self._reject_rows(topic, chunk, bad, times, now_ms, nets)
+            times = times[~bad]
         topic_id = self.topic_ids.get(topic, topic)
         if not chunk.records:
             return
         if is_logs:
             assert nets is not None
-            self.buffer.add_logs(log_batch(chunk.records, nets, topic_id, chunk.partitions,
+            self.buffer.add_logs(log_batch(chunk.records, times, nets, topic_id, chunk.partitions,
                                            chunk.offsets, chunk.indices, chunk.interface))
         else:
-            self.buffer.add_samples(sample_batch(chunk.records, topic_id, chunk.partitions, chunk.offsets,
+            self.buffer.add_samples(sample_batch(chunk.records, times, topic_id, chunk.partitions, chunk.offsets,
                                                  chunk.indices, chunk.interface))
 
     def _reject_rows(self, topic: str, chunk: _Chunk, bad: np.ndarray, times: np.ndarray, now_ms: int,
@@ -228,7 +230,7 @@ class Processor:
             if reason is None:
                 reason = "invalid_ip" if nets is not None and not nets[i].is_valid else "inconsistent"
             origin = Origin(topic, topic_id, chunk.partitions[i], chunk.offsets[i], chunk.indices[i])
-            raw = msgspec_encode(chunk.records[i])
+            raw = msgspec.json.encode(chunk.records[i])
             self.buffer.add_dead(Reject(origin.index, reason, DETAILS[reason], raw), origin,
                                  chunk.message(topic, origin.partition, origin.offset).key())
         keep = (~bad).tolist()
@@ -378,7 +380,7 @@ class Processor:
         body = {k: v for k, v in values.items() if not k.startswith(("src_", "ingest_"))}
         body[raw.time_column] = int(table.column(raw.time_column).cast(pa.int64())[row].as_py())
         return DeadLetter(origin, "insert_rejected", f"ClickHouse refused the row (code {code})",
-                          msgspec_encode(body), str(values["sdk_app_id"]).encode())
+                          msgspec.json.encode(body), str(values["sdk_app_id"]).encode())
 
     def _after_write(self, logs: Any) -> None:
         now = self.clock()
@@ -446,8 +448,3 @@ class _Chunk:
         self.offsets = list(compress(self.offsets, mask))
         self.indices = list(compress(self.indices, mask))
         self.interface = None
-
-
-def msgspec_encode(record: Any) -> bytes:
-
-    return msgspec.json.encode(record)

@@ -115,3 +115,29 @@ def committed(bootstrap: str, group: str, topics: dict[str, int]) -> dict[tuple[
         return {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(tps, timeout=10) if tp.offset >= 0}
     finally:
         consumer.close()
+
+
+@dataclass
+class FakeMessage:
+    """The part of a Kafka message the processor reads."""
+
+    _topic: str
+    _partition: int
+    _offset: int
+    _key: bytes | None
+    _value: bytes | None
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value

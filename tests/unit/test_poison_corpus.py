@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -28,6 +27,7 @@ from pipeline.processor import Processor
 from pipeline.records import MonitoringSample, RequestLog
 from pipeline.settings import Settings
 from tests.support import poison
+from tests.support.kafka_io import FakeMessage
 
 NOW_MS = int(time.time() * 1000)
 DECODER_REASONS = {"empty", "invalid_json", "not_object", "missing_field", "wrong_type", "out_of_range"}
@@ -119,32 +119,6 @@ def test_invalid_utf8_inside_a_string_is_a_dead_letter_not_an_exception() -> Non
 
 
 # -- the hand-written corpus through the real processor ---------------------------------------------
-@dataclass
-class FakeMessage:
-    """The part of a Kafka message the processor reads."""
-
-    _topic: str
-    _partition: int
-    _offset: int
-    _key: bytes | None
-    _value: bytes | None
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def value(self) -> bytes | None:
-        return self._value
-
-
 class FakeStore:
     """Keeps inserted Arrow tables (the processor's only writes on a flush without recovery)."""
 

@@ -20,29 +20,15 @@ from pipeline.processor import Processor
 from pipeline.records import RequestLog
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import InsertError
+from tests.support.kafka_io import FakeMessage
 
 NOW_MS = 1_790_000_000_000
 LOGS = "im-request-logs"
 
 
-class Msg:
-    def __init__(self, partition: int, offset: int, value: bytes | None, key: bytes | None = b"k") -> None:
-        self._p, self._o, self._v, self._k = partition, offset, value, key
-
-    def topic(self) -> str:
-        return LOGS
-
-    def partition(self) -> int:
-        return self._p
-
-    def offset(self) -> int:
-        return self._o
-
-    def key(self) -> bytes | None:
-        return self._k
-
-    def value(self) -> bytes | None:
-        return self._v
+def Msg(partition: int, offset: int, value: bytes | None, key: bytes | None = b"k") -> FakeMessage:
+    """A request-log message (the processor's view of a Kafka message)."""
+    return FakeMessage(LOGS, partition, offset, key, value)
 
 
 class Store:
@@ -119,7 +105,7 @@ messages_strategy = st.lists(st.tuples(
     st.lists(st.tuples(st.booleans(), st.integers(0, len(BAD) - 1)), min_size=1, max_size=6)), max_size=25)
 
 
-def build(spec: list[tuple[str, list[tuple[bool, int]]]]) -> list[Msg]:
+def build(spec: list[tuple[str, list[tuple[bool, int]]]]) -> list[FakeMessage]:
     out, n = [], 0
     for offset, (framing, recs) in enumerate(spec):
         objs = []
@@ -140,7 +126,8 @@ def build(spec: list[tuple[str, list[tuple[bool, int]]]]) -> list[Msg]:
     return out
 
 
-def reference(msgs: list[Msg], p: Processor) -> tuple[set[tuple[int, int, int]], set[tuple[int, int, int, str]]]:
+def reference(msgs: list[FakeMessage],
+              p: Processor) -> tuple[set[tuple[int, int, int]], set[tuple[int, int, int, str]]]:
     """What must come out, computed per record with the strict decoder and the per-value rules."""
     decoder, stored, dead = Decoder(RequestLog), set(), set()
     for m in msgs:
