@@ -93,6 +93,14 @@ class Decoder(Generic[T]):
         head = data.lstrip()[:1]
         if head == b"[":
             return self._decode_array(data)
+        if b"\n" in data:  # NDJSON, most likely: one call, accepted if it gave exactly one value per line
+            try:
+                items = self._lines(data)
+            except BAD_INPUT:
+                pass
+            else:
+                if items and len(items) == data.count(b"\n") + (not data.endswith(b"\n")):
+                    return Decoded(items, None, [])
         try:
             return Decoded([self._one.decode(data)], None, [])
         except BAD_INPUT as exc:

@@ -98,6 +98,9 @@ class Metrics:
         self.build_info.labels(__version__).set(1)
         self.messages_consumed = Counter("imtel_messages_consumed_total", "Kafka messages consumed.",
                                          ["topic"], registry=r)
+        self.messages_polled = Counter("imtel_messages_polled_total",
+                                       "Kafka messages handed over by the consumer, counted before they are "
+                                       "processed (consumed counts them after).", registry=r)
         self.records_consumed = Counter("imtel_records_consumed_total",
                                         "Records consumed (a message may carry a batch).", ["topic"], registry=r)
         self.records_invalid = Counter("imtel_records_invalid_total",

@@ -72,27 +72,50 @@ def drop(text: str) -> str | None:
 
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 IPV4_RE2 = rf"^{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}$"  # RE2: ``$`` is the end of the text
+# IPv6 as ``inet_pton`` takes it (lowercase hex, no embedded IPv4, no zone id): the eight shapes
+# of an address with or without one ``::``.
+_H = "[0-9a-f]{1,4}"
+IPV6_RE2 = (rf"^(?:(?:{_H}:){{7}}{_H}|(?:{_H}:){{1,7}}:|(?:{_H}:){{1,6}}:{_H}|(?:{_H}:){{1,5}}(?::{_H}){{1,2}}"
+            rf"|(?:{_H}:){{1,4}}(?::{_H}){{1,3}}|(?:{_H}:){{1,3}}(?::{_H}){{1,4}}|(?:{_H}:){{1,2}}(?::{_H}){{1,5}}"
+            rf"|{_H}:(?::{_H}){{1,6}}|:(?:(?::{_H}){{1,7}}|:))$")
+# ... whose first three groups are written out without leading zeros: then the /48 network's
+# canonical text (``inet_ntop``) is those three groups and ``::``. Other IPv6 text goes per value.
+_G = "[1-9a-f][0-9a-f]{0,3}"
+IPV6_HEAD_RE2 = rf"^({_G}:{_G}:{_G}):"
 
 
 def minimise_column(ips: list[str], mode: str, one: Minimiser) -> pa.Array:
     """Minimise a whole column of addresses; null where an address is invalid.
 
-    The common case, dotted-quad IPv4 in ``prefix``/``drop`` mode, is done for the whole column at
-    once by RE2 inside Arrow (about 0.5 µs a row instead of 1.5 µs through ``one``); every other value
-    (IPv6, IPv4-mapped, garbage, and all values in ``hash`` mode) goes through ``one``, so the result
-    is exactly ``[one(ip) for ip in ips]``."""
+    The common cases in ``prefix``/``drop`` mode, dotted-quad IPv4 and IPv6 whose first three groups
+    are written out, are done for the whole column at once by RE2 inside Arrow (about 0.5 µs a row
+    instead of 1.5-2 µs through ``one``); every other value (other IPv6 text, IPv4-mapped, garbage,
+    and all values in ``hash`` mode) goes through ``one``, so the result is exactly
+    ``[one(ip) for ip in ips]`` (a property test holds it to that)."""
     column = pa.array(ips, pa.string())
     if mode not in ("prefix", "drop") or not ips:
         return pa.array(list(map(one, ips)), pa.string())
     v4 = pc.match_substring_regex(column, IPV4_RE2)
-    done = (pc.replace_substring_regex(column, r"[0-9]+$", "0/24", max_replacements=1) if mode == "prefix"
-            else pa.array([""] * len(ips), pa.string()))
-    out = pc.if_else(v4, done, pa.scalar(None, pa.string()))
+    null = pa.scalar(None, pa.string())
+    if mode == "prefix":
+        out = pc.if_else(v4, pc.replace_substring_regex(column, r"[0-9]+$", "0/24", max_replacements=1), null)
+    else:
+        out = pc.if_else(v4, pa.scalar("", pa.string()), null)
     if v4.false_count == 0:
         return out
     others = pc.invert(v4)
-    rest = [one(ips[i]) for i in np.flatnonzero(others.to_numpy(zero_copy_only=False)).tolist()]
-    return pc.replace_with_mask(out, others, pa.array(rest, pa.string()))
+    where = np.flatnonzero(others.to_numpy(zero_copy_only=False))
+    rest = column.take(where)  # the IPv6 path runs on the non-IPv4 rows only
+    v6 = pc.and_(pc.match_substring_regex(rest, IPV6_HEAD_RE2), pc.match_substring_regex(rest, IPV6_RE2))
+    if mode == "prefix":
+        net = pc.if_else(v6, pc.replace_substring_regex(rest, IPV6_HEAD_RE2 + ".*$", r"\1::/48"), null)
+    else:
+        net = pc.if_else(v6, pa.scalar("", pa.string()), null)
+    if v6.false_count:
+        slow = np.flatnonzero(pc.invert(v6).to_numpy(zero_copy_only=False))
+        net = pc.replace_with_mask(net, pc.invert(v6), pa.array([one(ips[i]) for i in where[slow].tolist()],
+                                                                  pa.string()))
+    return pc.replace_with_mask(out, others, net)
 
 
 def minimiser(mode: str, key: str = "", cache_size: int = 65536) -> Minimiser:

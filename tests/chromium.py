@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -141,7 +144,9 @@ def open_page(page: str, expression: str = "document.title", settle_s: float = 0
     """Load ``page`` (a file:// or http://127.0.0.1 URL) and evaluate ``expression`` in it."""
     if CHROMIUM is None:
         raise RuntimeError("chromium is not installed (Debian: apt-get install chromium)")
-    with tempfile.TemporaryDirectory(prefix="imtel-chromium-") as tmp:
+    # Chromium's helper processes may still write into the profile while it is removed: a leftover
+    # temporary folder is not a test failure.
+    with tempfile.TemporaryDirectory(prefix="imtel-chromium-", ignore_cleanup_errors=True) as tmp:
         profile = Path(tmp)
         proc = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -149,13 +154,14 @@ def open_page(page: str, expression: str = "document.title", settle_s: float = 0
             url = _devtools_url(profile, proc)
             return asyncio.run(asyncio.wait_for(_drive(url, page, expression, settle_s), timeout))
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)  # the browser and its helpers (own session)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
 
 
 # What the report tests measure in the page: every chart's size and marks, the tables, the title.

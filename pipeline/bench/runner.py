@@ -6,7 +6,8 @@ included. CPU seconds are the process's own (all threads, the embedded ClickHous
 over that window; peak RSS is the kernel's high-water mark over the process's whole life.
 
 - The pipeline (``imtel worker``, configured by env) is observed from outside: ``/metrics`` until
-  ``imtel_records_consumed_total`` moves (then polling stops, so scraping costs it nothing), then its
+  ``imtel_messages_polled_total`` moves (counted as a poll returns, before its records are processed;
+  then polling stops, so scraping costs it nothing), then its
   consumer group's committed offsets until they reach the end of every partition.
 - The other contenders write a status file (``status.py``): first record, rows acknowledged by
   ClickHouse, process CPU at both moments; the contenders that commit offsets (faust, Quix) are also
@@ -179,8 +180,10 @@ def measure_pipeline(t: Target, overrides: dict[str, str], timeout: float,
         while time.monotonic() < deadline and not procstat.exited(proc):
             if first is None:
                 text = scrape(port, 0.5)
-                if text and sample_value(text, "imtel_records_consumed_total", f'topic="{t.produced.topic}"') > 0:
+                if text and sample_value(text, "imtel_messages_polled_total") > 0:
                     first, first_cpu = time.time(), procstat.cpu_seconds(proc.pid)
+                    # the high-water mark so far: start-up and imports, before any data was held
+                    m.extra["peak_rss_before_data_mb"] = procstat.peak_rss_mb(proc.pid)
                     engine_cpu += [engine.cpu_seconds()] if engine is not None else []
                     spy = profile.start(proc.pid, profile_out) if profile_out else None
             elif probe.done():
