@@ -241,11 +241,14 @@ class KafkaBatchSource(Service):
 
     async def _await_write(self, flight: Flight, final: bool) -> dict[tuple[str, int], int]:
         """The write's result. A slow write (a hung ClickHouse call lasts up to its timeout) must not
-        cost the group membership: after a second, consumption is paused and the consumer polled
-        about once a second, fetching nothing but serving the group protocol."""
+        cost the group membership: once a third of ``max.poll.interval.ms`` has passed (at least a
+        second), consumption is paused and the consumer polled about once a second, fetching nothing
+        but serving the group protocol. A merely slow insert (a second or two) pauses nothing."""
         future = asyncio.wrap_future(flight.future)
+        wait = max(1.0, self.settings.kafka_max_poll_interval_ms / 3000)
         while not future.done():
-            await asyncio.wait({future}, timeout=1.0)
+            await asyncio.wait({future}, timeout=wait)
+            wait = 1.0
             if future.done() or final or self.consumer is None or self.flight is not flight:
                 continue
             await self._pause(True)

@@ -60,13 +60,16 @@ def test_terminated_apps_disappear_two_months_after_termination(tmp_path: Path) 
             r[-1] = r[-1] - datetime.timedelta(seconds=version_age_s)
             return r
         # app 1: two versions, the later one terminated 61 days ago (faked times, written together: a
-        # termination is merged with the app's older versions when it is applied, see apply_update)
+        # termination is merged with the app's older versions when it is applied, see apply_update).
+        # TTL merges wait until the "before" look: a background one may otherwise drop app 1 first.
+        client.command("SYSTEM STOP TTL MERGES imtel.applications")
         store.client.insert("imtel.applications", [row(1, "old", version_age_s=10),
                                                    row(1, "renamed", "terminated", 61),
                                                    row(2, "ended recently", "terminated", 10),
                                                    row(3, "in use")], column_names=registry.COLUMNS)
         registry.apply_update(store, b'{"sdk_app_id": 4, "name": "x", "retention_days": 0}')  # invalid: skipped
         before = [a["sdk_app_id"] for a in registry.list_apps(store)]
+        client.command("SYSTEM START TTL MERGES imtel.applications")
         client.command("OPTIMIZE TABLE imtel.applications FINAL")
         after = [(a["sdk_app_id"], a["status"]) for a in registry.list_apps(store)]
         raw = client.query("SELECT sdk_app_id, count() FROM imtel.applications GROUP BY sdk_app_id "
