@@ -15,6 +15,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Producer
 
 from .batch import DeadLetter
+from .kafka_client import produce_blocking
 
 
 class DeadLetterError(Exception):
@@ -43,13 +44,8 @@ class KafkaDeadLetters:
                        ("imtel-source-topic", o.topic.encode()), ("imtel-source-topic-id", o.topic_id.encode()),
                        ("imtel-source-partition", str(o.partition).encode()),
                        ("imtel-source-offset", str(o.offset).encode()), ("imtel-source-index", str(o.index).encode())]
-            while True:
-                try:
-                    self.producer.produce(self.topic, value=letter.raw, key=letter.key, headers=headers,
-                                          on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    self.producer.poll(0.1)
+            produce_blocking(self.producer, self.topic, letter.raw, letter.key, wait=0.1, headers=headers,
+                             on_delivery=on_delivery)
         remaining = self.producer.flush(self.timeout)
         if remaining or errors:
             reason = errors[0].name() if errors else f"{remaining} not acknowledged in {self.timeout:.0f}s"

@@ -16,6 +16,8 @@ from typing import Any
 
 import msgspec
 
+from .kafka_client import produce_blocking
+
 # (interface, share of traffic, median latency ms)
 INTERFACES = [
     ("v4/openim/sendmsg", 0.30, 35), ("v4/openim/batchsendmsg", 0.06, 80),
@@ -153,13 +155,13 @@ def produce(bootstrap: str, topic: str, samples_topic: str | None, rate: float, 
             want = min(due - sent, 20000)
             if want > 0:
                 for key, value, _ in traffic.messages(int(now * 1000), want, batch):
-                    _produce(producer, topic, key, value)
+                    produce_blocking(producer, topic, value, key)
                 sent += want
             if samples_topic and now - last_sample >= 5:
                 last_sample = now
                 for _ in range(20):
                     s = traffic.monitoring_sample(int(now * 1000))
-                    _produce(producer, samples_topic, str(s["sdk_app_id"]).encode(), msgspec.json.encode(s))
+                    produce_blocking(producer, samples_topic, msgspec.json.encode(s), str(s["sdk_app_id"]).encode())
             producer.poll(0)
             if rate > 0 and want <= 0:
                 time.sleep(tick)
@@ -170,10 +172,3 @@ def produce(bootstrap: str, topic: str, samples_topic: str | None, rate: float, 
     return sent
 
 
-def _produce(producer: Any, topic: str, key: bytes, value: bytes) -> None:
-    while True:
-        try:
-            producer.produce(topic, value=value, key=key)
-            return
-        except BufferError:
-            producer.poll(0.05)

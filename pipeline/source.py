@@ -31,6 +31,7 @@ from mode import Service
 from . import failpoints
 from .batch import Buffer
 from .deadletter import DeadLetterError
+from .kafka_client import FETCH_CONFIG, POLL_RECORDS
 from .metrics import Metrics
 from .processor import Processor
 from .settings import Settings
@@ -50,9 +51,6 @@ class Flight:
 
 
 FIRST_POLL = 8  # messages of the first poll; each next one may double
-# Records one poll may bring: the decoded structs of a poll are the worker's largest transient
-# allocation, and past ~10k records a bigger poll no longer amortises anything.
-POLL_RECORDS = 10_000
 
 
 class KafkaBatchSource(Service):
@@ -72,7 +70,6 @@ class KafkaBatchSource(Service):
         self.stopping = False
         self.last_topic_check = 0.0
         self.flight: Flight | None = None
-        self.busy = False
         self.resubscribe = False
         self.last_poll = 0  # messages the last poll returned
 
@@ -83,15 +80,7 @@ class KafkaBatchSource(Service):
                 "enable.partition.eof": False,
                 "max.poll.interval.ms": self.settings.kafka_max_poll_interval_ms,
                 "session.timeout.ms": min(30_000, self.settings.kafka_max_poll_interval_ms),
-                "fetch.max.bytes": 52_428_800, "max.partition.fetch.bytes": 4_194_304,
-                # The prefetch queue is most of the consumer's memory: 32 MB keeps it bounded
-                # while letting a fetch cover several polls.
-                "queued.max.messages.kbytes": 32_768,
-                # Once that queue is over its bound, librdkafka postpones the partition's next fetch
-                # by this much (default 1 s): with batched messages the queue crosses it every few
-                # polls, and a 1 s pause per crossing halved the throughput (bench: 270k -> 800k/s
-                # for consume + decode alone). A short backoff costs a few idle wake-ups.
-                "fetch.queue.backoff.ms": 5,
+                **FETCH_CONFIG,
                 "partition.assignment.strategy": "range",
                 # a recreated topic must be seen soon, not after the 5-minute default
                 "topic.metadata.refresh.interval.ms": 10_000}
@@ -150,9 +139,8 @@ class KafkaBatchSource(Service):
             try:
                 # Wait long only when idle: consume(n, t) returns early only once n messages are
                 # queued, so a long timeout while data flows would stall every poll.
-                asked = self._poll_size()
-                messages = await self._io(self.consumer.consume, asked, 0.01 if self.busy else 0.2)
-                self.busy = bool(messages)
+                wait = 0.01 if self.last_poll else 0.2
+                messages = await self._io(self.consumer.consume, self._poll_size(), wait)
                 self.last_poll = len(messages)
                 if messages:
                     self.metrics.messages_polled.inc(len(messages))
@@ -176,10 +164,10 @@ class KafkaBatchSource(Service):
     def _poll_size(self) -> int:
         """Messages to fetch: enough to fill the buffer (at most ``POLL_RECORDS``), not more. A message
         may carry hundreds of records, so a fixed count would let one poll buffer far more than
-        ``batch_max_records``. The
-        records per message are learnt from the polls so far, so a poll may at most double the last
-        one: the first poll after start-up would otherwise take ``consume_max_messages`` batched
-        messages at once (5,000 x 300 records: the worker's peak memory, before any flush)."""
+        ``batch_max_records``. The records per message are learnt from the polls so far, so a poll
+        may at most double the last one: the first poll after start-up would otherwise take
+        ``consume_max_messages`` batched messages at once (5,000 x 300 records: the worker's peak
+        memory, before any flush)."""
         room = max(1, min(POLL_RECORDS, self.settings.batch_max_records - len(self.processor.buffer)))
         fit = int(room / max(1.0, self.processor.records_per_message))
         return max(1, min(self.settings.consume_max_messages, fit, 2 * max(FIRST_POLL, self.last_poll)))

@@ -19,6 +19,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from ..kafka_client import produce_blocking
 from ..settings import Settings
 from ..topics import topic_specs
 from .workload import Message
@@ -82,12 +83,7 @@ class TopicWriter:
             else:
                 produced.note(m.partition(), m.offset(), msg.records)
 
-        while True:
-            try:
-                self.producer.produce(topic, value=msg.value, key=msg.key, on_delivery=acked)
-                break
-            except BufferError:
-                self.producer.poll(0.05)
+        produce_blocking(self.producer, topic, msg.value, msg.key, on_delivery=acked)
         self.producer.poll(0)
 
     def flush(self, timeout: float = 60.0) -> None:

@@ -29,15 +29,11 @@ from typing import Any
 import msgspec
 import pyarrow as pa
 
+from ..kafka_client import FETCH_CONFIG, POLL_RECORDS
 from ..records import LooseRequestLog
 from .status import Job, StatusWriter
 
 INSERT_ROWS = 100_000
-POLL_RECORDS = 10_000
-# The pipeline's own fetch settings (``source.py``), the fastest found for this broker: without the
-# short ``fetch.queue.backoff.ms`` a consumer that decodes stalls 1 s whenever its prefetch queue fills.
-FETCH = {"fetch.max.bytes": 52_428_800, "max.partition.fetch.bytes": 4_194_304,
-         "queued.max.messages.kbytes": 32_768, "fetch.queue.backoff.ms": 5}
 ARROW_SCHEMA = pa.schema([
     ("request_time", pa.timestamp("ms", tz="UTC")), ("sdk_app_id", pa.uint32()), ("interface", pa.string()),
     ("request_id", pa.string()), ("client_net", pa.string()), ("latency_ms", pa.uint32()), ("error_code", pa.int32()),
@@ -66,8 +62,10 @@ def messages(job: Job, batch: int) -> Iterator[list[Any]]:
     from confluent_kafka import Consumer, TopicPartition
 
     want = int(job.options["expected_messages"])
+    # The worker's own fetch settings: without their short fetch.queue.backoff.ms a consumer that
+    # decodes stalls 1 s whenever its prefetch queue fills.
     consumer = Consumer({"bootstrap.servers": job.bootstrap, "group.id": job.group, "enable.auto.commit": False,
-                         "enable.partition.eof": False, **FETCH})
+                         "enable.partition.eof": False, **FETCH_CONFIG})
     consumer.assign([TopicPartition(job.topic, p, 0) for p in job.options["partitions"]])
     seen = 0
     try:

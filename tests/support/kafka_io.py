@@ -14,6 +14,8 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
+from pipeline.kafka_client import produce_blocking
+
 
 @dataclass(frozen=True)
 class Placed:
@@ -41,12 +43,7 @@ class RecordingProducer:
             else:
                 self.placed[tag] = Placed(msg.topic(), msg.partition(), msg.offset())
 
-        while True:
-            try:
-                self.producer.produce(topic, value=value, key=key, on_delivery=delivered)
-                break
-            except BufferError:
-                self.producer.poll(0.05)
+        produce_blocking(self.producer, topic, value, key, on_delivery=delivered)
         self.producer.poll(0)
 
     def flush(self, timeout: float = 60.0) -> None:
