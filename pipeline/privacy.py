@@ -96,26 +96,27 @@ def minimise_column(ips: list[str], mode: str, one: Minimiser) -> pa.Array:
     if mode not in ("prefix", "drop") or not ips:
         return pa.array(list(map(one, ips)), pa.string())
     v4 = pc.match_substring_regex(column, IPV4_RE2)
-    null = pa.scalar(None, pa.string())
-    if mode == "prefix":
-        out = pc.if_else(v4, pc.replace_substring_regex(column, r"[0-9]+$", "0/24", max_replacements=1), null)
-    else:
-        out = pc.if_else(v4, pa.scalar("", pa.string()), null)
+    out = _networks(column, v4, mode, r"[0-9]+$", "0/24")
     if v4.false_count == 0:
         return out
     others = pc.invert(v4)
     where = np.flatnonzero(others.to_numpy(zero_copy_only=False))
     rest = column.take(where)  # the IPv6 path runs on the non-IPv4 rows only
     v6 = pc.and_(pc.match_substring_regex(rest, IPV6_HEAD_RE2), pc.match_substring_regex(rest, IPV6_RE2))
-    if mode == "prefix":
-        net = pc.if_else(v6, pc.replace_substring_regex(rest, IPV6_HEAD_RE2 + ".*$", r"\1::/48"), null)
-    else:
-        net = pc.if_else(v6, pa.scalar("", pa.string()), null)
+    net = _networks(rest, v6, mode, IPV6_HEAD_RE2 + ".*$", r"\1::/48")
     if v6.false_count:
-        slow = np.flatnonzero(pc.invert(v6).to_numpy(zero_copy_only=False))
-        net = pc.replace_with_mask(net, pc.invert(v6), pa.array([one(ips[i]) for i in where[slow].tolist()],
-                                                                  pa.string()))
+        slow = pc.invert(v6)
+        per_value = [one(ips[i]) for i in where[np.flatnonzero(slow.to_numpy(zero_copy_only=False))].tolist()]
+        net = pc.replace_with_mask(net, slow, pa.array(per_value, pa.string()))
     return pc.replace_with_mask(out, others, net)
+
+
+def _networks(column: pa.Array, ok: pa.Array, mode: str, pattern: str, replacement: str) -> pa.Array:
+    """Where ``ok``: the network (``prefix``: ``pattern`` rewritten to ``replacement``) or "" (``drop``);
+    null elsewhere."""
+    done = (pc.replace_substring_regex(column, pattern, replacement, max_replacements=1) if mode == "prefix"
+            else pa.scalar("", pa.string()))
+    return pc.if_else(ok, done, pa.scalar(None, pa.string()))
 
 
 def minimiser(mode: str, key: str = "", cache_size: int = 65536) -> Minimiser:

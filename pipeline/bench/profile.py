@@ -58,7 +58,7 @@ def start(pid: int, out: Path) -> subprocess.Popen | None:
     if binary is None:
         return None
     cmd = [binary, "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--full-filenames",
-           "--nolineno", "--nonblocking", *os.environ.get("IMTEL_SPY_MODE", "--gil").split(), "--output", str(out)]
+           "--nolineno", "--nonblocking", "--gil", "--output", str(out)]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
