@@ -36,6 +36,7 @@ from pipeline.topics import ensure_topics
 from tests.support.brokers import BrokerProcess
 from tests.support.ipscan import Scanner
 from tests.support.kafka_io import RecordingProducer, committed, read_topic
+from tests.support.verify import RAW_AGGREGATES, STORED_AGGREGATES
 from tests.support.workers import WorkerProcess, wait_for
 
 from .conftest import run_sql
@@ -260,13 +261,6 @@ def test_kill_minus_9_at_every_step_loses_and_doubles_nothing(pipeline_env: dict
     assert len(valid_ids) >= 100_000
 
     store = Path(env["IMTEL_CLICKHOUSE_DSN"].removeprefix("chdb://"))
-    raw_logs = ("SELECT toStartOfMinute(request_time) m, sdk_app_id, interface, count(), countIf(error_code != 0), "
-                "sum(latency_ms), max(latency_ms), quantilesTiming(0.5, 0.9, 0.95, 0.99)(latency_ms) "
-                "FROM imtel.request_logs GROUP BY m, sdk_app_id, interface ORDER BY m, sdk_app_id, interface")
-    agg_logs = ("SELECT minute m, sdk_app_id, interface, sum(requests), sum(failures), sum(latency_sum_ms), "
-                "max(latency_max_ms), quantilesTimingMerge(0.5, 0.9, 0.95, 0.99)(latency_q) "
-                "FROM imtel.interface_stats_1m WHERE source = 'log' GROUP BY m, sdk_app_id, interface "
-                "ORDER BY m, sdk_app_id, interface")
     raw_samples = ("SELECT toStartOfMinute(window_start) m, sdk_app_id, interface, sum(requests), sum(failures), "
                    "toUInt64(sum(round(latency_avg_ms * requests))), max(latency_max_ms) FROM imtel.monitoring_samples "
                    "GROUP BY m, sdk_app_id, interface ORDER BY m, sdk_app_id, interface")
@@ -276,7 +270,7 @@ def test_kill_minus_9_at_every_step_loses_and_doubles_nothing(pipeline_env: dict
     results: Any = run_sql(store, [
         "SELECT request_id FROM imtel.request_logs",
         "SELECT count(), uniqExact(src_topic_id, src_partition, src_offset, src_index) FROM imtel.request_logs",
-        raw_logs, agg_logs, raw_samples, agg_samples,
+        RAW_AGGREGATES, STORED_AGGREGATES, raw_samples, agg_samples,
         "SELECT src_partition, src_offset FROM imtel.monitoring_samples",
         "SELECT src_topic, src_partition, src_offset, src_index, reason FROM imtel.dead_letters",
     ], migrate=False)

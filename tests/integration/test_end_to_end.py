@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipeline.generate import Traffic
 from pipeline.settings import Settings
 from pipeline.topics import ensure_topics
+from tests.support.verify import RAW_AGGREGATES, STORED_AGGREGATES
 from tests.support.workers import wait_for
 
 from .conftest import run_sql
@@ -128,17 +129,10 @@ def test_pipeline_end_to_end(pipeline_env: dict[str, str], tmp_path: Path) -> No
         assert {"imtel-source-topic", "imtel-source-partition", "imtel-source-offset"} <= set(dict(msg.headers()))
 
     store = Path(pipeline_env["IMTEL_CLICKHOUSE_DSN"].removeprefix("chdb://"))
-    raw_agg = ("SELECT toStartOfMinute(request_time) m, sdk_app_id, interface, count(), countIf(error_code != 0), "
-               "sum(latency_ms), max(latency_ms), quantilesTiming(0.5, 0.9, 0.95, 0.99)(latency_ms) "
-               "FROM imtel.request_logs GROUP BY m, sdk_app_id, interface ORDER BY m, sdk_app_id, interface")
-    stats_agg = ("SELECT minute m, sdk_app_id, interface, sum(requests), sum(failures), sum(latency_sum_ms), "
-                 "max(latency_max_ms), quantilesTimingMerge(0.5, 0.9, 0.95, 0.99)(latency_q) "
-                 "FROM imtel.interface_stats_1m WHERE source = 'log' GROUP BY m, sdk_app_id, interface "
-                 "ORDER BY m, sdk_app_id, interface")
     rows = run_sql(store, [
         "SELECT count(), uniqExact(request_id) FROM imtel.request_logs",
         "SELECT request_id FROM imtel.request_logs",
-        raw_agg, stats_agg,
+        RAW_AGGREGATES, STORED_AGGREGATES,
         "SELECT DISTINCT client_net FROM imtel.request_logs",
         "SELECT sum(requests), sum(failures) FROM imtel.interface_stats_1m WHERE source = 'sample'",
         "SELECT count() FROM imtel.dead_letters",
