@@ -15,7 +15,6 @@ import time
 from typing import Any
 
 import msgspec
-import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -28,6 +27,7 @@ from pipeline.records import MonitoringSample, RequestLog
 from pipeline.settings import Settings
 from tests.support import poison
 from tests.support.kafka_io import FakeMessage
+from tests.support.memory_store import MemoryStore, RecordingDeadLetters
 
 NOW_MS = int(time.time() * 1000)
 DECODER_REASONS = {"empty", "invalid_json", "not_object", "missing_field", "wrong_type", "out_of_range"}
@@ -119,39 +119,9 @@ def test_invalid_utf8_inside_a_string_is_a_dead_letter_not_an_exception() -> Non
 
 
 # -- the hand-written corpus through the real processor ---------------------------------------------
-class FakeStore:
-    """Keeps inserted Arrow tables (the processor's only writes on a flush without recovery)."""
-
-    db = "imtel"
-
-    def __init__(self) -> None:
-        self.tables: dict[str, list[pa.Table]] = {}
-
-    def insert_arrow(self, table: str, data: pa.Table, token: str | None = None) -> None:
-        if data.num_rows:
-            self.tables.setdefault(table, []).append(data)
-
-    def aggregate(self, raw: Any, rows: int, batch_id: int) -> None:
-        """The engine folds stored rows into interface_stats_1m; nothing to fold here."""
-
-    def rebuild(self, raw: Any, partition: int, minutes: Any) -> None:
-        """Recomputes aggregates after a failed attempt: never reached, nothing fails here."""
-
-    def rows(self, table: str) -> list[dict[str, Any]]:
-        return [row for t in self.tables.get(table, []) for row in t.to_pylist()]
-
-
-class FakeDeadLetters:
-    def __init__(self) -> None:
-        self.sent: list[Any] = []
-
-    def send(self, letters: Any) -> None:
-        self.sent.extend(letters)
-
-
-def run_processor(cases: list[poison.Case]) -> tuple[Settings, FakeStore, FakeDeadLetters]:
+def run_processor(cases: list[poison.Case]) -> tuple[Settings, MemoryStore, RecordingDeadLetters]:
     s = Settings.from_env({})
-    store, dlq = FakeStore(), FakeDeadLetters()
+    store, dlq = MemoryStore(), RecordingDeadLetters()
     processor = Processor(s, store, dlq, Metrics(), load_policy())  # type: ignore[arg-type]
     messages = [FakeMessage(s.topic_monitoring_samples if c.samples else s.topic_request_logs, 0, offset, c.key,
                             c.value) for offset, c in enumerate(cases)]

@@ -21,6 +21,7 @@ from pipeline.records import RequestLog
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import InsertError
 from tests.support.kafka_io import FakeMessage
+from tests.support.memory_store import MemoryStore, RecordingDeadLetters
 
 NOW_MS = 1_790_000_000_000
 LOGS = "im-request-logs"
@@ -31,60 +32,8 @@ def Msg(partition: int, offset: int, value: bytes | None, key: bytes | None = b"
     return FakeMessage(LOGS, partition, offset, key, value)
 
 
-class Store:
-    """Keeps inserted Arrow tables; refuses (code 117) any block holding a row the predicate flags, and
-    fails transiently the first ``transient`` calls."""
-
-    def __init__(self, refuse: Any = None, transient: int = 0) -> None:
-        self.tables: dict[str, list[pa.Table]] = {}
-        self.refuse, self.transient, self.calls = refuse, transient, 0
-        self.tokens: set[str] = set()
-        self.lose_answers = 0
-        self.aggregated = 0
-        self.rebuilt: list[tuple[int, list[int]]] = []
-
-    def insert_arrow(self, table: str, data: pa.Table, token: str | None = None) -> None:
-        """Like ClickHouse with a deduplication window: a block with a known token is dropped."""
-        self.calls += 1
-        if token is not None and token in self.tokens:
-            return
-        if self.transient > 0:
-            self.transient -= 1
-            raise InsertError("Code: 210. connection refused", 210, permanent=False)
-        if self.refuse and table == "request_logs" and any(self.refuse(r) for r in data.to_pylist()):
-            raise InsertError("Code: 117. DB::Exception: bad data", 117, permanent=True)
-        self.tables.setdefault(table, []).append(data)
-        if token is not None:
-            self.tokens.add(token)
-        if self.lose_answers > 0:
-            self.lose_answers -= 1
-            raise InsertError("ClickHouse unreachable: connection closed without an answer", None, permanent=False)
-
-    def rebuild(self, raw: Any, partition: int, minutes: list[int]) -> None:
-        self.rebuilt.append((partition, minutes))
-
-    def aggregate(self, raw: Any, rows: int, batch_id: int) -> None:
-        if not rows:
-            return
-        self.aggregated += 1
-        if self.lose_answers > 0:
-            self.lose_answers -= 1
-            raise InsertError("ClickHouse unreachable: timed out", None, permanent=False)
-
-    def rows(self, table: str) -> list[dict[str, Any]]:
-        return [r for t in self.tables.get(table, []) for r in t.to_pylist()]
-
-
-class Letters:
-    def __init__(self) -> None:
-        self.sent: list[Any] = []
-
-    def send(self, letters: Any) -> None:
-        self.sent.extend(letters)
-
-
-def processor(store: Store) -> tuple[Processor, Letters]:
-    letters = Letters()
+def processor(store: MemoryStore) -> tuple[Processor, RecordingDeadLetters]:
+    letters = RecordingDeadLetters()
     p = Processor(Settings.from_env({}), store, letters, Metrics(CollectorRegistry()),  # type: ignore[arg-type]
                   load_policy(), clock=lambda: NOW_MS / 1000)
     return p, letters
@@ -150,7 +99,7 @@ def reference(msgs: list[FakeMessage],
 @given(messages_strategy)
 def test_fast_path_equals_per_record_reference(spec: list[tuple[str, list[tuple[bool, int]]]]) -> None:
     msgs = build(spec)
-    store = Store()
+    store = MemoryStore()
     p, letters = processor(store)
     p.process(msgs)
     offsets = p.flush() if p.buffer.next_offsets else {}
@@ -169,7 +118,7 @@ def test_fast_path_equals_per_record_reference(spec: list[tuple[str, list[tuple[
 def test_rejected_rows_are_isolated_and_dead_lettered() -> None:
     msgs = [Msg(0, i, msgspec.json.encode([record(i * 10 + j, exception="POISON" if (i * 10 + j) % 37 == 5 else None)
                                             for j in range(10)])) for i in range(30)]
-    store = Store(refuse=lambda r: r["exception"] == "POISON")
+    store = MemoryStore(refuse=lambda r: r["exception"] == "POISON")
     p, letters = processor(store)
     p.process(msgs)
     p.flush()
@@ -186,7 +135,7 @@ def test_rejected_rows_are_isolated_and_dead_lettered() -> None:
 def test_split_insert_resumes_after_a_transient_failure_without_duplicates() -> None:
     msgs = [Msg(0, i, msgspec.json.encode(record(i, exception="POISON" if i in (3, 70) else None)))
             for i in range(100)]
-    store = Store(refuse=lambda r: r["exception"] == "POISON")
+    store = MemoryStore(refuse=lambda r: r["exception"] == "POISON")
     p, letters = processor(store)
     p.process(msgs)
     real_insert = store.insert_arrow
@@ -212,7 +161,7 @@ def test_split_insert_resumes_after_a_transient_failure_without_duplicates() -> 
 
 def test_systemic_refusal_is_retried_not_dead_lettered() -> None:
     msgs = [Msg(0, i, msgspec.json.encode(record(i))) for i in range(200)]
-    store = Store(refuse=lambda r: True)
+    store = MemoryStore(refuse=lambda r: True)
     p, letters = processor(store)
     p.process(msgs)
     with pytest.raises(InsertError) as err:
@@ -230,7 +179,7 @@ def test_lost_acknowledgements_neither_double_rows_nor_aggregates() -> None:
     deduplication token (dropped by the table), and re-derives the aggregate minutes instead of
     folding the batch in a second time."""
     msgs = [Msg(i % 2, i, msgspec.json.encode(record(i))) for i in range(50)]
-    store = Store()
+    store = MemoryStore()
     p, _ = processor(store)
     p.process(msgs)
     store.lose_answers = 1  # the raw insert is stored, its answer lost
