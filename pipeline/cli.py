@@ -34,10 +34,13 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .settings import Settings, SettingsError, cluster_problem, redact_dsn
+
+N = TypeVar("N", int, float)
 
 
 class UsageError(Exception):
@@ -615,46 +618,27 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be a positive whole number")
-    return value
+def _bounded(name: str, convert: Callable[[str], N], low: N | None, high: N | None,
+             rule: str) -> Callable[[str], N]:
+    """An argparse ``type``: ``convert`` the text, then check ``low <= value <= high`` (NaN fails
+    it); a value out of range gets the one-line ``rule``, unparsable text argparse's own
+    "invalid <name> value"."""
+    def parse(text: str) -> N:
+        value = convert(text)
+        if not ((low is None or low <= value) and (high is None or value <= high)):
+            raise argparse.ArgumentTypeError(rule)
+        return value
+
+    parse.__name__ = name
+    return parse
 
 
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError("must be a TCP port (0..65535)")
-    return value
-
-
-def _nonneg_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
-    return value
-
-
-def _app_id(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 4_294_967_295:
-        raise argparse.ArgumentTypeError("must be an sdk_app_id (1..4294967295)")
-    return value
-
-
-def _nonneg_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
-    return value
-
-
-def _ratio(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError("must be between 0 and 1")
-    return value
+_positive_int = _bounded("_positive_int", int, 1, None, "must be a positive whole number")
+_port = _bounded("_port", int, 0, 65535, "must be a TCP port (0..65535)")
+_nonneg_int = _bounded("_nonneg_int", int, 0, None, "must not be negative")
+_app_id = _bounded("_app_id", int, 1, 4_294_967_295, "must be an sdk_app_id (1..4294967295)")
+_nonneg_float = _bounded("_nonneg_float", float, 0.0, None, "must not be negative")
+_ratio = _bounded("_ratio", float, 0.0, 1.0, "must be between 0 and 1")
 
 
 # ClickHouse error codes that mean the credentials were refused (AUTHENTICATION_FAILED, UNKNOWN_USER,
