@@ -111,6 +111,10 @@ def test_fast_path_equals_per_record_reference(spec: list[tuple[str, list[tuple[
     assert {(d.origin.partition, d.origin.offset, d.origin.index, d.reason) for d in letters.sent} == want_dead
     assert len(letters.sent) == len(want_dead)
     assert all("." not in r["client_net"] or r["client_net"].endswith(".0/24") for r in rows)
+    # each row carries its own record's coordinates (rows and coordinates are built apart, see _Chunk)
+    ids = {(m.partition(), m.offset(), index): rec.request_id
+           for m in msgs for index, rec in Decoder(RequestLog).decode(m.value()).records}
+    assert all(ids[(r["src_partition"], r["src_offset"], r["src_index"])] == r["request_id"] for r in rows)
     for m in msgs:
         assert offsets[(LOGS, m.partition())] >= m.offset() + 1
 
