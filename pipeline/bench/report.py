@@ -237,7 +237,11 @@ def _workload_text(results: dict[str, Any]) -> str:
 
 def _machine_text(results: dict[str, Any]) -> str:
     m = results["machine"]
-    return f"{m['cpus']} cores ({m.get('cpu_model', '?')}), load average {m['loadavg_start'][0]:.1f} at start"
+    text = f"{m['cpus']} cores ({m.get('cpu_model', '?')}), load average {m['loadavg_start'][0]:.1f} at start"
+    if "cpu_calibration_ms" in m:
+        start, end = m["cpu_calibration_ms"]
+        text += f", CPU calibration {start:.1f} / {end:.1f} ms at start / end (lower is faster)"
+    return text
 
 
 def _caveats(results: dict[str, Any]) -> list[str]:
@@ -253,6 +257,11 @@ def _caveats(results: dict[str, Any]) -> list[str]:
         out.append(f"Caution: the machine was busy when the run started (load average "
                    f"{results['machine']['loadavg_start'][0]:.1f} on {results['machine']['cpus']} cores): rates are "
                    "lower than on an idle machine; CPU seconds per record are the steadier number.")
+    start, end = results["machine"].get("cpu_calibration_ms", (0.0, 0.0))
+    if start and end and max(start, end) > 1.2 * min(start, end):
+        out.append(f"Caution: the CPU's speed changed during the run (calibration {start:.1f} -> {end:.1f} ms): "
+                   "contenders measured at different times saw different machines; compare within one workload "
+                   "and read the ratios with care.")
     return out
 
 

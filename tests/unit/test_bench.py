@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.bench import report, status
 from pipeline.bench.freshness import delta, histogram_quantile
+from pipeline.bench.harness import cpu_calibration_ms
 from pipeline.bench.options import add_arguments, options
 from pipeline.bench.rowwise import problem, split_records
 from pipeline.bench.verify import compare
@@ -156,6 +157,18 @@ def test_rendering_and_the_readme_markers(tmp_path: Path) -> None:
     plain = tmp_path / "plain.md"
     plain.write_text("no markers\n")
     assert not report.update_readme(plain, md) and plain.read_text() == "no markers\n"
+
+
+def test_cpu_calibration_is_reported_and_a_speed_change_is_flagged() -> None:
+    doc = results_doc(70_000.0, 20_000.0)
+    doc["goals"] = report.goals(doc)
+    assert "calibration" not in report.render_markdown(doc)  # older results files have none
+    doc["machine"]["cpu_calibration_ms"] = [20.0, 22.0]
+    md = report.render_markdown(doc)
+    assert "CPU calibration 20.0 / 22.0 ms" in md and "speed changed" not in md
+    doc["machine"]["cpu_calibration_ms"] = [20.0, 36.0]
+    assert "the CPU's speed changed during the run (calibration 20.0 -> 36.0 ms)" in report.render_markdown(doc)
+    assert 0 < cpu_calibration_ms() < 5_000
 
 
 def parse(*argv: str) -> Any:
