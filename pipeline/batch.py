@@ -119,8 +119,8 @@ def sample_batch(records: Sequence[MonitoringSample], times: np.ndarray, topic_i
 def _origin(topic_id: str, n: int, partitions: np.ndarray, offsets: np.ndarray, indices: np.ndarray
             ) -> list[pa.Array]:
     """The src_* columns (the coordinates come as numpy columns, see ``processor._Chunk``)."""
-    return [pa.repeat(pa.scalar(topic_id, pa.string()), n), pa.array(partitions.astype(np.uint16, copy=False)),
-            pa.array(offsets.astype(np.uint64, copy=False)), pa.array(indices.astype(np.uint32, copy=False))]
+    return [pa.repeat(pa.scalar(topic_id, pa.string()), n), pa.array(partitions, pa.uint16()),  # safe casts:
+            pa.array(offsets, pa.uint64()), pa.array(indices, pa.uint32())]  # out of range raises, never wraps
 
 
 _LOG_BODY = pa.schema(list(LOG_SCHEMA)[:-1])
