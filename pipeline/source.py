@@ -157,7 +157,7 @@ class KafkaBatchSource(Service):
                 await asyncio.wait_for(self.deliver(data), timeout=120)
             if self.flight is not None and self.flight.future.done():
                 await self._land()
-            if self.processor.should_flush():
+            if self.processor.should_flush(idle=not messages):
                 await self._land()  # one write in flight at a most: this is the backpressure
                 self._launch()
 

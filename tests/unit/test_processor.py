@@ -209,3 +209,21 @@ def test_event_time_rule_matches_the_ttl(now: int, age: int, unit: int, days: in
     t = now - age
     expired = (t // unit * unit) + days * 86_400_000 <= now
     assert (time_reason(t, now, days * 86_400_000, 300_000, unit) == "too_old") == expired
+
+
+def test_an_idle_consumer_writes_a_sizeable_buffer_without_waiting_for_the_timer() -> None:
+    """After a burst the consumer's polls come back empty: a buffer holding at least a quarter of a
+    full batch is written at once, a smaller one (sparse traffic) still waits for the timer."""
+    s = Settings.from_env({"IMTEL_BATCH_MAX_RECORDS": "40", "IMTEL_BATCH_MAX_SECONDS": "5"})
+    now = [NOW_MS / 1000]
+    p = Processor(s, MemoryStore(), RecordingDeadLetters(), Metrics(CollectorRegistry()),  # type: ignore[arg-type]
+                  load_policy(), clock=lambda: now[0])
+    assert not p.should_flush(idle=True)  # nothing buffered
+    p.process([Msg(0, i, msgspec.json.encode(record(i))) for i in range(9)])
+    assert not p.should_flush() and not p.should_flush(idle=True)  # 9 < 40 / 4
+    p.process([Msg(0, 9, msgspec.json.encode(record(9)))])
+    assert p.should_flush(idle=True) and not p.should_flush(idle=False)  # 10 = 40 / 4: only when idle
+    now[0] += 5
+    assert p.should_flush()  # the timer, idle or not
+    p.flush()
+    assert not p.should_flush(idle=True)
