@@ -39,6 +39,7 @@ from .engine_process import start_engine
 from .freshness import Freshness, pipeline_freshness, program_freshness
 from .options import REPO, Options, options
 from .runner import Measurement, Program, Target, measure_pipeline, measure_program, spawn
+from .speed import SLOW_FACTOR, SpeedProbe
 from .status import Job
 from .workload import Expected, Workload, messages, workload
 
@@ -145,6 +146,7 @@ def run(o: Options) -> dict[str, Any]:
     """Run the whole benchmark; returns the results document."""
     started, t0 = datetime.now(UTC), time.monotonic()
     load_start, speed_start = os.getloadavg(), cpu_calibration_ms()
+    probe = SpeedProbe().start()
     work = o.work_dir or Path(tempfile.mkdtemp(prefix="imtel-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -182,10 +184,14 @@ def run(o: Options) -> dict[str, Any]:
                     results["freshness"].append(f.as_json())
                     print(_fresh_line(f), flush=True)
     finally:
+        probe.stop()
         embedded.stop(broker)
         if not o.keep:
             shutil.rmtree(work, ignore_errors=True)
     results["machine"] = _machine(load_start, speed_start)
+    results["machine"]["speed_probe_best_ms"] = round(probe.best(), 3)
+    for row in results["throughput"]:
+        _judge_speed(row, probe)
     results["versions"] = _versions(o)
     results["elapsed_s"] = round(time.monotonic() - t0, 1)
     results["ratios"] = report.ratios(results)
@@ -260,6 +266,18 @@ def _workload_info(w: Workload, p: dict[str, Any]) -> dict[str, Any]:
     return {"description": w.describe(), "records": full.records, "messages": full.messages, "bytes": p["bytes"],
             "partitions": len(full.end_offsets), "seed": w.seed, "short_records": short.records,
             "short_messages": short.messages, "checksum": p["expected"].totals()}
+
+
+def _judge_speed(row: dict[str, Any], probe: SpeedProbe) -> None:
+    """The host's speed during a measurement's window (see ``speed``), judged once the run is over
+    against the run's best: recorded, and a note when the host was slow enough that the rate
+    understates the contender."""
+    window = row["extra"].get("window")
+    factor = probe.factor(*window) if window else None
+    row["extra"]["cpu_slowdown"] = factor
+    if factor is not None and factor >= SLOW_FACTOR:
+        row["notes"].append(f"the host's CPU ran {factor:.2f}x slower than its best during this window (speed probe): "
+                       "this rate understates the contender")
 
 
 def cpu_calibration_ms() -> float:

@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .speed import SLOW_FACTOR
+
 NAMES = {"pipeline": "imtel pipeline",
          "pipeline-http": "imtel pipeline, ClickHouse over HTTP (engine in its own process)",
          "naive-faust": "naive faust agent", "quix": "Quix Streams", "limit-consume": "limit: consume + msgspec decode",
@@ -257,6 +259,13 @@ def _caveats(results: dict[str, Any]) -> list[str]:
         out.append(f"Caution: the machine was busy when the run started (load average "
                    f"{results['machine']['loadavg_start'][0]:.1f} on {results['machine']['cpus']} cores): rates are "
                    "lower than on an idle machine; CPU seconds per record are the steadier number.")
+    slow = [f"{m['contender']}/{m['workload']} {m['extra']['cpu_slowdown']:.2f}x"
+            for m in results["throughput"] if (m.get("extra", {}).get("cpu_slowdown") or 0) >= SLOW_FACTOR]
+    if slow:
+        out.append(f"Caution: the host's CPU was slow while some contenders ran ({', '.join(slow)} slower than "
+                   "its best in the run, by a probe that times a fixed task in its own thread's CPU time every "
+                   "half second): "
+                   "those rates understate the contender; a rerun is the fair comparison.")
     start, end = results["machine"].get("cpu_calibration_ms", (0.0, 0.0))
     if start and end and max(start, end) > 1.2 * min(start, end):
         out.append(f"Caution: the CPU's speed changed during the run (calibration {start:.1f} -> {end:.1f} ms): "

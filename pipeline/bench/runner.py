@@ -61,8 +61,11 @@ class Measurement:
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def finish(self, seconds: float, cpu: float | None) -> None:
+    def finish(self, seconds: float, cpu: float | None, until: float | None = None) -> None:
+        """The window's length and CPU; ``until`` (epoch seconds) places it in time for the speed probe."""
         self.seconds = round(seconds, 3)
+        if until is not None:
+            self.extra["window"] = [round(until - seconds, 3), round(until, 3)]
         self.records_per_s = round(self.records / seconds, 1) if seconds > 0 else None
         if cpu is not None:
             self.cpu_seconds = round(cpu, 3)
@@ -203,7 +206,7 @@ def measure_pipeline(t: Target, overrides: dict[str, str], timeout: float,
     if first is None or end is None:
         m.problems.append(_unfinished(exit_.returncode, time.monotonic() >= deadline, timeout, log))
         return m
-    m.finish(end - first, None if first_cpu is None or end_cpu is None else end_cpu - first_cpu)
+    m.finish(end - first, None if first_cpu is None or end_cpu is None else end_cpu - first_cpu, until=end)
     if engine is not None:
         m.notes.append("ClickHouse over HTTP: `imtel engine` in its own process; CPU s/M and peak RSS are the "
                        "worker's, the engine's are under extra.engine")
@@ -288,7 +291,7 @@ def measure_program(program: Program, t: Target, timeout: float, options: dict[s
     cpu = None
     if status.get("cpu_first") is not None and status.get("cpu_last") is not None:
         cpu = status["cpu_last"] - status["cpu_first"]
-    m.finish(end - status["first_record"], cpu)
+    m.finish(end - status["first_record"], cpu, until=end)
     m.extra["process_cpu_seconds_total"] = round(exit_.cpu_seconds, 2)
     m.extra.update({k: v for k, v in status.items()
                     if k not in ("fresh", "pid", "first_record", "last_write", "cpu_first", "cpu_last", "rows")})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from pipeline.bench.freshness import delta, histogram_quantile
 from pipeline.bench.harness import cpu_calibration_ms
 from pipeline.bench.options import add_arguments, options
 from pipeline.bench.rowwise import problem, split_records
+from pipeline.bench.speed import SpeedProbe, slowdown
 from pipeline.bench.verify import compare
 from pipeline.bench.workload import TIME_PLACEHOLDER, Expected, messages, stamp, templates, workload
 from pipeline.records import RequestLog
@@ -169,6 +171,31 @@ def test_cpu_calibration_is_reported_and_a_speed_change_is_flagged() -> None:
     doc["machine"]["cpu_calibration_ms"] = [20.0, 36.0]
     assert "the CPU's speed changed during the run (calibration 20.0 -> 36.0 ms)" in report.render_markdown(doc)
     assert 0 < cpu_calibration_ms() < 5_000
+
+
+def test_the_speed_probe_judges_each_window_and_a_slow_host_is_flagged() -> None:
+    samples = [(10.0, 2.0), (10.5, 2.2), (11.0, 4.0), (11.5, 4.4), (12.0, 4.2), (20.0, 2.0)]
+    assert slowdown(samples, 2.0, 10.0, 10.6) == 1.05  # median of 2.0 and 2.2
+    assert slowdown(samples, 2.0, 10.9, 12.1) == 2.1  # the slow stretch
+    assert slowdown(samples, 2.0, 12.5, 19.0) is None  # no sample inside: no verdict
+    doc = results_doc(70_000.0, 20_000.0)
+    doc["goals"] = report.goals(doc)
+    assert "host's CPU was slow" not in report.render_markdown(doc)  # older results files have no factor
+    doc["throughput"][0]["extra"] = {"cpu_slowdown": 1.1}
+    assert "host's CPU was slow" not in report.render_markdown(doc)
+    doc["throughput"][0]["extra"]["cpu_slowdown"] = 1.9
+    first = doc["throughput"][0]
+    assert f"host's CPU was slow while some contenders ran ({first['contender']}/{first['workload']} 1.90x" in (
+        report.render_markdown(doc))
+    probe = SpeedProbe(interval=0.01).start()
+    try:
+        start = time.time()
+        while len(probe.samples) < 3:
+            time.sleep(0.01)
+    finally:
+        probe.stop()
+    factor = probe.factor(start - 1, time.time())
+    assert probe.baseline > 0 and factor is not None and factor > 0
 
 
 def parse(*argv: str) -> Any:

@@ -1,0 +1,71 @@
+"""The host's CPU speed while the contenders run, so that a slow run can be told from a slow host.
+
+The cores of this machine are shared with other machines: the same code has run ~1.8x slower for an
+hour, and single runs of the same contender have taken twice as long with no load or steal time
+showing inside the machine. A calibration before and after the whole run misses a slowdown of a few
+seconds, so a probe thread repeats a fixed small task every half second for the whole run and times
+it in *its own thread's CPU time*: waiting for a core (the contenders keep both busy) does not count,
+only the speed of the core while it runs. Each measurement gets the probe's median over its window,
+relative to the fastest the task ran during the whole run (the idle moments between contenders
+included): a single idle measurement at the start proved too noisy a reference. Sharing caches with
+the contender costs the probe a little; a factor well above that says the host was slow during that
+window. The probe costs ~1% of one core.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+
+import msgspec
+
+SLOW_FACTOR = 1.5  # a window whose probe median is this much slower than the run's best gets a caution
+_DATA = msgspec.json.encode([{"a": i, "b": "x" * (i % 40), "c": i * 0.5} for i in range(4_000)])
+
+
+def task_ms() -> float:
+    """Thread CPU milliseconds of the fixed task (decode 4k small JSON records, sum a field)."""
+    start = time.thread_time()
+    sum(item["a"] for item in msgspec.json.decode(_DATA))
+    return (time.thread_time() - start) * 1000
+
+
+class SpeedProbe:
+    """Runs ``task_ms`` every ``interval`` seconds on a daemon thread until ``stop``."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self.baseline = min(task_ms() for _ in range(9))  # before any contender started
+        self.samples: list[tuple[float, float]] = []  # (epoch seconds, task ms)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-speed-probe", daemon=True)
+
+    def start(self) -> SpeedProbe:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.samples.append((time.time(), task_ms()))
+
+    def best(self) -> float:
+        """The fastest the task ran so far (the reference of ``factor``)."""
+        return min([self.baseline, *(ms for _, ms in self.samples)])
+
+    def factor(self, start: float, end: float) -> float | None:
+        """Median task time over ``[start, end]`` (epoch seconds) relative to ``best``; None when the
+        window holds fewer than two samples."""
+        return slowdown(self.samples, self.best(), start, end)
+
+
+def slowdown(samples: list[tuple[float, float]], baseline: float, start: float, end: float) -> float | None:
+    """Median of the samples taken within ``[start, end]`` divided by ``baseline`` (pure)."""
+    inside = [ms for at, ms in samples if start <= at <= end]
+    if len(inside) < 2 or baseline <= 0:
+        return None
+    return round(statistics.median(inside) / baseline, 2)
