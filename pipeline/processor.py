@@ -46,8 +46,8 @@ DETAILS = {"too_old": "event time is older than the retention period",
 # is systemic (schema drift, server bug): then the flush is retried instead of dead-lettering a batch.
 MAX_REJECT_RATIO = 0.01
 MIN_REJECT_LIMIT = 16
-# A caught-up consumer writes its buffer without waiting for the timer once it holds this share of
-# ``batch_max_records`` (see ``Processor.should_flush``).
+# When the stream pauses, a buffer holding this share of ``batch_max_records`` is written without
+# waiting for the timer (see ``Processor.should_flush``).
 IDLE_FLUSH_SHARE = 0.25
 
 
@@ -255,11 +255,11 @@ class Processor:
 
     # -- flushing ---------------------------------------------------------------------------------
     def should_flush(self, idle: bool = False) -> bool:
-        """Full, old, or ``idle`` (the last poll found nothing: the consumer has caught up) with at
-        least ``IDLE_FLUSH_SHARE`` of a full batch. Once caught up, waiting for the timer only delays
-        the rows: at the end of a burst that was up to ``batch_max_seconds`` of idle time before the
-        last write. The share keeps sparse traffic, whose polls are often empty, at one insert per
-        timer tick rather than one per poll, so parts stay large."""
+        """Full, old, or ``idle`` (the source's polls have found nothing for a while: the stream has
+        paused) with at least ``IDLE_FLUSH_SHARE`` of a full batch. Once the stream pauses, waiting
+        for the timer only delays the rows: at the end of a burst that was up to ``batch_max_seconds``
+        of idle time before the last write. The share keeps sparse traffic, whose polls are often
+        empty, at one insert per timer tick rather than one per pause, so parts stay large."""
         b = self.buffer
         if not b.next_offsets:
             return False

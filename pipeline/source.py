@@ -51,6 +51,28 @@ class Flight:
 
 
 FIRST_POLL = 8  # messages of the first poll; each next one may double
+# Polls that found nothing for this long mean the stream has paused (the end of a burst), not just a
+# gap between messages of a steady flow: then a sizeable buffer is written without waiting for the
+# timer (``Processor.should_flush``). A steady flow keeps its full-size batches, hence its part sizes.
+IDLE_AFTER_S = 0.1
+
+
+class PauseDetector:
+    """Tells a paused stream from a gap in a steady one: polls that found nothing for ``after`` s."""
+
+    def __init__(self, after: float = IDLE_AFTER_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.after, self.clock = after, clock
+        self.empty_since: float | None = None  # when the latest run of empty polls began
+
+    def update(self, got_messages: bool) -> bool:
+        """Record one poll's outcome; True while the stream has been paused for ``after``."""
+        now = self.clock()
+        if got_messages:
+            self.empty_since = None
+            return False
+        if self.empty_since is None:
+            self.empty_since = now
+        return now - self.empty_since >= self.after
 
 
 class KafkaBatchSource(Service):
@@ -72,6 +94,7 @@ class KafkaBatchSource(Service):
         self.flight: Flight | None = None
         self.resubscribe = False
         self.last_poll = 0  # messages the last poll returned
+        self.pause = PauseDetector()
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def on_start(self) -> None:
@@ -138,8 +161,9 @@ class KafkaBatchSource(Service):
         while not (self.should_stop or self.stopping):
             try:
                 # Wait long only when idle: consume(n, t) returns early only once n messages are
-                # queued, so a long timeout while data flows would stall every poll.
-                wait = 0.01 if self.last_poll else 0.2
+                # queued, so a long timeout while data flows would stall every poll. With rows
+                # buffered, an idle wait is IDLE_AFTER_S, so that a pause is seen that soon.
+                wait = 0.01 if self.last_poll else IDLE_AFTER_S if len(self.processor.buffer) else 0.2
                 messages = await self._io(self.consumer.consume, self._poll_size(), wait)
                 self.last_poll = len(messages)
                 if messages:
@@ -157,7 +181,7 @@ class KafkaBatchSource(Service):
                 await asyncio.wait_for(self.deliver(data), timeout=120)
             if self.flight is not None and self.flight.future.done():
                 await self._land()
-            if self.processor.should_flush(idle=not messages):
+            if self.processor.should_flush(idle=self.pause.update(bool(messages))):
                 await self._land()  # one write in flight at a most: this is the backpressure
                 self._launch()
 

@@ -1,6 +1,7 @@
 """pipeline/processor.py with an in-memory store: the columnar hot path gives exactly what a per-record
 reference gives (stored rows + dead letters = every record, once), and a ClickHouse "bad data" error
-isolates the offending rows by splitting the insert, resumably."""
+isolates the offending rows by splitting the insert, resumably; a buffer is written early only when
+the stream pauses."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pipeline.processor import Processor
 from pipeline.records import RequestLog
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import InsertError
+from pipeline.source import PauseDetector
 from tests.support.kafka_io import FakeMessage
 from tests.support.memory_store import MemoryStore, RecordingDeadLetters
 
@@ -212,7 +214,7 @@ def test_event_time_rule_matches_the_ttl(now: int, age: int, unit: int, days: in
 
 
 def test_an_idle_consumer_writes_a_sizeable_buffer_without_waiting_for_the_timer() -> None:
-    """After a burst the consumer's polls come back empty: a buffer holding at least a quarter of a
+    """After a burst the polls come back empty: a buffer holding at least a quarter of a
     full batch is written at once, a smaller one (sparse traffic) still waits for the timer."""
     s = Settings.from_env({"IMTEL_BATCH_MAX_RECORDS": "40", "IMTEL_BATCH_MAX_SECONDS": "5"})
     now = [NOW_MS / 1000]
@@ -227,3 +229,18 @@ def test_an_idle_consumer_writes_a_sizeable_buffer_without_waiting_for_the_timer
     assert p.should_flush()  # the timer, idle or not
     p.flush()
     assert not p.should_flush(idle=True)
+
+
+def test_a_pause_is_told_from_a_gap_between_messages() -> None:
+    """Only polls that found nothing for ``after`` seconds in a row count as a paused stream."""
+    now = [100.0]
+    pause = PauseDetector(after=0.5, clock=lambda: now[0])
+    assert not pause.update(True)
+    assert not pause.update(False)  # the first empty poll: a gap, maybe
+    now[0] += 0.25
+    assert not pause.update(False)
+    now[0] += 0.25
+    assert pause.update(False)  # 0.5 s of empty polls: paused
+    assert not pause.update(True)  # messages again: the clock starts over
+    now[0] += 1
+    assert not pause.update(False)
