@@ -276,8 +276,8 @@ def _judge_speed(row: dict[str, Any], probe: SpeedProbe) -> None:
     factor = probe.factor(*window) if window else None
     row["extra"]["cpu_slowdown"] = factor
     if factor is not None and factor >= SLOW_FACTOR:
-        row["notes"].append(f"the host's CPU ran {factor:.2f}x slower than its best during this window (speed probe): "
-                       "this rate understates the contender")
+        row["notes"].append(f"the host's CPU ran {factor:.2f}x slower than its best during this window "
+                            "(speed probe): this rate understates the contender")
 
 
 def cpu_calibration_ms() -> float:

@@ -264,8 +264,7 @@ def _caveats(results: dict[str, Any]) -> list[str]:
     if slow:
         out.append(f"Caution: the host's CPU was slow while some contenders ran ({', '.join(slow)} slower than "
                    "its best in the run, by a probe that times a fixed task in its own thread's CPU time every "
-                   "half second): "
-                   "those rates understate the contender; a rerun is the fair comparison.")
+                   "half second): those rates understate the contender; a rerun is the fair comparison.")
     start, end = results["machine"].get("cpu_calibration_ms", (0.0, 0.0))
     if start and end and max(start, end) > 1.2 * min(start, end):
         out.append(f"Caution: the CPU's speed changed during the run (calibration {start:.1f} -> {end:.1f} ms): "
