@@ -162,8 +162,8 @@ class KafkaBatchSource(Service):
             try:
                 # Wait long only when idle: consume(n, t) returns early only once n messages are
                 # queued, so a long timeout while data flows would stall every poll. With rows
-                # buffered, an idle wait is IDLE_AFTER_S, so that a pause is seen that soon.
-                wait = 0.01 if self.last_poll else IDLE_AFTER_S if len(self.processor.buffer) else 0.2
+                # buffered, an idle wait is the pause threshold, so that a pause is seen that soon.
+                wait = 0.01 if self.last_poll else self.pause.after if len(self.processor.buffer) else 0.2
                 messages = await self._io(self.consumer.consume, self._poll_size(), wait)
                 self.last_poll = len(messages)
                 if messages:

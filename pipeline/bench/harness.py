@@ -39,7 +39,7 @@ from .engine_process import start_engine
 from .freshness import Freshness, pipeline_freshness, program_freshness
 from .options import REPO, Options, options
 from .runner import Measurement, Program, Target, measure_pipeline, measure_program, spawn
-from .speed import SLOW_FACTOR, SpeedProbe
+from .speed import SLOW_FACTOR, SpeedProbe, cpu_calibration_ms
 from .status import Job
 from .workload import Expected, Workload, messages, workload
 
@@ -278,22 +278,6 @@ def _judge_speed(row: dict[str, Any], probe: SpeedProbe) -> None:
     if factor is not None and factor >= SLOW_FACTOR:
         row["notes"].append(f"the host's CPU ran {factor:.2f}x slower than its best during this window "
                             "(speed probe): this rate understates the contender")
-
-
-def cpu_calibration_ms() -> float:
-    """Milliseconds one core takes for a fixed task (decode 20k small JSON records and sum a field;
-    best of 5). Runs on different days are only comparable through this: on a host whose cores are
-    shared with other machines the same code ran ~1.8x slower from one hour to the next, with no
-    load or steal time showing inside this machine."""
-    import msgspec
-
-    data = msgspec.json.encode([{"a": i, "b": "x" * (i % 40), "c": i * 0.5} for i in range(20_000)])
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        sum(item["a"] for item in msgspec.json.decode(data))
-        best = min(best, time.perf_counter() - start)
-    return round(best * 1000, 2)
 
 
 def _machine(load_start: tuple[float, float, float], speed_start: float) -> dict[str, Any]:

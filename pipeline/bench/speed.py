@@ -21,14 +21,40 @@ import time
 import msgspec
 
 SLOW_FACTOR = 1.5  # a window whose probe median is this much slower than the run's best gets a caution
-_DATA = msgspec.json.encode([{"a": i, "b": "x" * (i % 40), "c": i * 0.5} for i in range(4_000)])
+
+
+def _payload(records: int) -> bytes:
+    """The fixed task's input: small JSON records, like the pipeline's own work."""
+    return msgspec.json.encode([{"a": i, "b": "x" * (i % 40), "c": i * 0.5} for i in range(records)])
+
+
+def _task(data: bytes) -> None:
+    """The fixed task: decode the records and sum a field."""
+    sum(item["a"] for item in msgspec.json.decode(data))
+
+
+_PROBE = _payload(4_000)
+_CALIBRATION = _payload(20_000)
 
 
 def task_ms() -> float:
-    """Thread CPU milliseconds of the fixed task (decode 4k small JSON records, sum a field)."""
+    """Thread CPU milliseconds of the probe's task (4k records)."""
     start = time.thread_time()
-    sum(item["a"] for item in msgspec.json.decode(_DATA))
+    _task(_PROBE)
     return (time.thread_time() - start) * 1000
+
+
+def cpu_calibration_ms() -> float:
+    """Milliseconds one core takes for the task on 20k records, best of 5, by the wall clock: taken
+    at the start and end of a run. Runs on different days are only comparable through this: on a host
+    whose cores are shared with other machines the same code ran ~1.8x slower from one hour to the
+    next, with no load or steal time showing inside this machine."""
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        _task(_CALIBRATION)
+        best = min(best, time.perf_counter() - start)
+    return round(best * 1000, 2)
 
 
 class SpeedProbe:
