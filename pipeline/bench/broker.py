@@ -10,7 +10,6 @@ high watermark is the base offset of the last batch + 1, too low for batched pro
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,13 +24,6 @@ from ..topics import topic_specs
 from .workload import Message
 
 PARTITIONS = 4
-
-
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def topic_config() -> dict[str, str]:

@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import embedded
+from ..embedded import free_port
 from . import procstat, profile, report
-from .broker import Produced, TopicWriter, create_topics, free_port, wait_until
+from .broker import Produced, TopicWriter, create_topics, wait_until
 from .engine_process import start_engine
 from .freshness import Freshness, pipeline_freshness, program_freshness
 from .options import REPO, Options, options

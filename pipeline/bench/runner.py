@@ -32,8 +32,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..embedded import free_port
 from . import procstat, profile, verify
-from .broker import CommitProbe, Produced, free_port
+from .broker import CommitProbe, Produced
 from .options import REPO
 from .status import Job, read_status
 from .workload import Expected

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -21,11 +20,7 @@ import pytest
 from pipeline import embedded
 from tests.support.brokers import BrokerProcess
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+free_port = embedded.free_port  # ports outside the ephemeral range: see its docstring
 
 
 @pytest.fixture(scope="session")

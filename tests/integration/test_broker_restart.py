@@ -58,7 +58,7 @@ def test_worker_survives_a_broker_restart_and_recreates_its_topics(pipeline_env:
     traffic = Traffic(apps=6, seed=41)
     worker = WorkerProcess("worker", env, tmp_path).start()
     try:
-        wait_for(lambda: worker.assigned() == 2 * PARTITIONS, 60, "assignment")
+        wait_for(lambda: worker.assigned() == 2 * PARTITIONS, 60, "assignment", workers=[worker])
         _, before = produce(bootstrap, logs, traffic, 3_000)
         wait_for(lambda: worker.metric("imtel_rows_written_total", table="request_logs") >= len(before), 60,
                  "the records produced before the restart stored")

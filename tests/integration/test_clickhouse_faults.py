@@ -64,7 +64,7 @@ def start_worker(pipeline_env: dict[str, str], shim: ShimProcess, tmp_path: Path
     env = worker_env(pipeline_env, shim.dsn(0), tmp_path, "w1", free_port(), **TUNING)
     ensure_topics(Settings.from_env(env))
     worker = WorkerProcess("w1", env, tmp_path).start()
-    wait_for(lambda: worker.assigned() == 2 * PARTITIONS, 60, "the worker's partition assignment")
+    wait_for(lambda: worker.assigned() == 2 * PARTITIONS, 60, "the worker's partition assignment", workers=[worker])
     return worker
 
 

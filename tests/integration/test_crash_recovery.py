@@ -239,7 +239,7 @@ def test_kill_minus_9_at_every_step_loses_and_doubles_nothing(pipeline_env: dict
     want = {(logs, p): o for p, o in producer.end_offsets(logs).items()}
     want |= {(samples, p): o for p, o in producer.end_offsets(samples).items()}
     try:
-        wait_for(lambda: final.assigned() == 2 * PARTITIONS, 60, "the last worker's assignment")
+        wait_for(lambda: final.assigned() == 2 * PARTITIONS, 60, "the last worker's assignment", workers=[final])
         wait_for(lambda: committed(own_broker.bootstrap, env["IMTEL_CONSUMER_GROUP"],
                                    {logs: PARTITIONS, samples: PARTITIONS}) == want, 120, "every offset committed")
     finally:

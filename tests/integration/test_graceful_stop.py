@@ -55,7 +55,7 @@ def test_sigterm_flushes_commits_and_the_restart_resumes_without_gap_or_repeat(
     store = Path(env["IMTEL_CLICKHOUSE_DSN"].removeprefix("chdb://"))
 
     first = WorkerProcess("first", env, tmp_path).start()
-    wait_for(lambda: first.assigned() == 2 * PARTITIONS, 60, "the first worker's assignment")
+    wait_for(lambda: first.assigned() == 2 * PARTITIONS, 60, "the first worker's assignment", workers=[first])
     before = produce(producer, logs, traffic, 6_000, "before")
     wait_for(lambda: first.metric("imtel_records_consumed_total", topic=logs) >= len(before), 60,
              "every record consumed (and buffered)")

@@ -62,29 +62,34 @@ def test_three_workers_share_partitions_and_take_over(pipeline_env: dict[str, st
         try:
             w1.start()
             stream.start()
-            mark("w1 owns all", wait_for(lambda: spread([w1], topic), 60, "w1's assignment"))
+            mark("w1 owns all", wait_for(lambda: spread([w1], topic), 60, "w1's assignment", workers=[w1]))
             w2.start()
-            mark("w1+w2", wait_for(lambda: spread([w1, w2], topic), 60, "the partitions spread over w1, w2"))
+            mark("w1+w2", wait_for(lambda: spread([w1, w2], topic), 60, "the partitions spread over w1, w2",
+                                      workers=[w1, w2]))
             w3.start()
-            mark("w1+w2+w3", wait_for(lambda: spread([w1, w2, w3], topic), 60, "the partitions spread over three"))
+            mark("w1+w2+w3", wait_for(lambda: spread([w1, w2, w3], topic), 60,
+                                          "the partitions spread over three", workers=[w1, w2, w3]))
             mark("three workers at")
             wait_for(lambda: all(w.metric("imtel_rows_written_total", table="request_logs") > 0 for w in (w1, w2, w3)),
-                     30, "every worker writing")
+                     30, "every worker writing", workers=[w1, w2, w3])
             written = {w.name: w.metric("imtel_rows_written_total", table="request_logs") for w in (w1, w2, w3)}
 
             assert w3.stop() == 0, w3.log_text()[-3000:]  # SIGTERM: flush, commit, leave the group
-            mark("after w3 left", wait_for(lambda: spread([w1, w2], topic), 60, "w1, w2 taking w3's partitions"))
+            mark("after w3 left", wait_for(lambda: spread([w1, w2], topic), 60, "w1, w2 taking w3's partitions",
+                                              workers=[w1, w2]))
             mark("w3 left, rebalanced at")
 
             hold = shim.fault("slow", listener=1, seconds=3.0, limit=1, match=HOLD_AGGREGATION)
             wait_for(lambda: any(f["id"] == hold["id"] and f["in_flight"] for f in shim.faults()), 30,
-                     "w2 between storing a batch and committing it")
+                     "w2 between storing a batch and committing it", workers=[w1, w2])
             w2.kill()  # SIGKILL with rows stored past its committed offsets
             mark("w2 killed at")
-            mark("after w2 died", wait_for(lambda: spread([w1], topic), 60, "w1 taking over every partition"))
+            mark("after w2 died", wait_for(lambda: spread([w1], topic), 60, "w1 taking over every partition",
+                                              workers=[w1]))
             mark("w1 alone at")
             stream.join(120)
-            wait_for(lambda: stored_ids(shim)[0] >= len(stream.delivered), 90, "every acknowledged record stored")
+            wait_for(lambda: stored_ids(shim)[0] >= len(stream.delivered), 90, "every acknowledged record stored",
+                     workers=[w1])
             mark("all stored at")
             skipped = w1.metric("imtel_records_skipped_total", topic=topic)
             rebuilt = w1.metric("imtel_recovery_rebuilt_minutes_total")

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,13 @@ from pipeline.generate import Traffic
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
-    """Poll ``predicate`` until it returns something truthy (returned); fail after ``timeout`` s."""
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25,
+             workers: Sequence[WorkerProcess] = ()) -> Any:
+    """Poll ``predicate`` until it returns something truthy (returned); fail after ``timeout`` s.
+
+    ``workers`` are the processes the wait depends on: if one of them exits meanwhile the wait fails
+    at once, and any failure shows each one's state and the end of its log, because a CI log is
+    all there is to read afterwards."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -38,8 +43,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
                 return value
         except OSError:
             pass  # a worker's web server not up yet, a port closed on purpose
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        dead = [w for w in workers if not w.alive()]
+        if dead or time.monotonic() > deadline:
+            why = f"{', '.join(w.name for w in dead)} exited" if dead else f"timed out after {timeout:.0f}s"
+            raise AssertionError(f"{why} waiting for {what}\n" + "\n".join(w.describe() for w in workers))
         time.sleep(interval)
 
 
@@ -103,6 +110,12 @@ class WorkerProcess:
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait(10)
+
+    def describe(self, tail: int = 2000) -> str:
+        """State and log tail, for a failure message."""
+        code = None if self.proc is None else self.proc.poll()
+        state = "not started" if self.proc is None else "running" if code is None else f"exited {code}"
+        return f"--- {self.name} (port {self.port}, {state}), end of its log:\n{self.log_text()[-tail:]}"
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
