@@ -26,11 +26,15 @@ def broker_binary() -> str:
 _handed_out: set[int] = set()
 
 
-def _ephemeral_low() -> int:
+def _spare_ports() -> range | None:
+    """Ports below the kernel's ephemeral range (at most 16,384 of them, none below 1024), or None
+    when an unusual range leaves fewer than 10,000 there."""
     try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default
+        low = 32768  # Linux's default
+    spare = range(max(1024, low - 16_384), low)
+    return spare if len(spare) >= 10_000 else None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -41,10 +45,10 @@ def free_port(host: str = "127.0.0.1") -> int:
     and bound seconds later by a child (a worker's web server, a broker) may by then be the local end
     of somebody's connection, and the child then fails to start. Ports below the range are never
     taken implicitly; the ones this process handed out are not handed out again."""
-    low = _ephemeral_low()
-    if low > 11_024:
+    spare = _spare_ports()
+    if spare is not None:
         for _ in range(500):
-            port = random.randrange(max(1024, low - 16_384), low)
+            port = random.randrange(spare.start, spare.stop)
             if port in _handed_out:
                 continue
             with socket.socket() as s:

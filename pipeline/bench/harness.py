@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from .. import embedded
-from ..embedded import free_port
 from . import procstat, profile, report
 from .broker import Produced, TopicWriter, create_topics, wait_until
 from .engine_process import start_engine
@@ -150,7 +149,7 @@ def run(o: Options) -> dict[str, Any]:
     probe = SpeedProbe().start()
     work = o.work_dir or Path(tempfile.mkdtemp(prefix="imtel-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = embedded.free_port()
     broker = embedded.start_broker(port, work / "broker.log")
     bootstrap = f"127.0.0.1:{port}"
     results: dict[str, Any] = {"schema": 1, "generated_at": started.isoformat(timespec="seconds"),
