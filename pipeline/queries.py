@@ -13,6 +13,10 @@ resolution (every minute that overlaps the range counts); queries on ``request_l
 
 App names come from the ``applications`` registry (latest row per app wins: ``argMax`` over
 ``updated_at``, or ``FINAL``), with the numeric ``sdk_app_id`` when the registry does not know it.
+
+The same data gives the same answer: every ORDER BY ends on the row's key columns, and the "top"
+lists count exactly with a fixed tie order, so a report rendered by a worker and one rendered
+directly agree, and a LIMIT never picks between tied rows at random.
 """
 
 from __future__ import annotations
@@ -124,13 +128,29 @@ _FRAGMENTS["log_range"] = f"request_time >= {_FRAGMENTS['start']} AND request_ti
 _FRAGMENTS["stats_range"] = f"minute >= toStartOfMinute({_FRAGMENTS['start']}) AND minute < {_FRAGMENTS['end']}"
 
 
+def _top3(column: str, condition: str) -> str:
+    """The three most frequent values of ``column`` among rows meeting ``condition``, exactly counted.
+
+    Not ``topK``: that sketch is approximate and orders tied values by how parallel threads merged
+    their states, so the same data gave a report "ap-guangzhou, ap-seoul" in one run and "ap-seoul,
+    ap-guangzhou" in the next. Counting every distinct value is cheap here (interfaces, regions, codes
+    and causes have few distinct values per group); ties go to the smaller value. The analyzer
+    computes the repeated ``sumMapIf`` once."""
+    counts = f"sumMapIf([{column}], [toUInt64(1)], {condition})"
+    return (f"arrayMap(p -> p.1, arraySlice(arraySort(p -> (-p.2, p.1), "
+            f"arrayZip({counts}.1, {counts}.2)), 1, 3))")
+
+
 def _sql(text: str) -> str:
-    """Insert the shared fragments (``<<name>>``; ``<<app_name:x>>`` names the app of alias x)."""
+    """Insert the shared fragments (``<<name>>``; ``<<app_name:x>>`` names the app of alias x;
+    ``<<top3:c>>``/``<<top3_failed:c>>`` the most frequent values of column c among all/failed rows)."""
 
     def repl(m: re.Match[str]) -> str:
         key, _, alias = m.group(1).partition(":")
         if key == "app_name":
             return f"if(ifNull(n.app_name, '') = '', toString({alias}.sdk_app_id), n.app_name)"
+        if key in ("top3", "top3_failed"):
+            return _top3(alias, "error_code != 0" if key == "top3_failed" else "1")
         return _FRAGMENTS[key]
 
     return re.sub(r"<<([\w:]+)>>", repl, text)
@@ -155,7 +175,7 @@ FROM (
     GROUP BY sdk_app_id
 ) AS s
 LEFT JOIN <<names>> AS n ON n.sdk_app_id = s.sdk_app_id
-ORDER BY s.n_requests >= {min_requests:UInt32} DESC, s.success_rate ASC, s.n_requests DESC
+ORDER BY s.n_requests >= {min_requests:UInt32} DESC, s.success_rate ASC, s.n_requests DESC, s.sdk_app_id
 LIMIT {limit:UInt32}"""), (*RANGE, APP, MIN_REQUESTS, LIMIT)),
     NamedQuery(
         "top_failing",
@@ -166,14 +186,14 @@ LIMIT {limit:UInt32}"""), (*RANGE, APP, MIN_REQUESTS, LIMIT)),
 FROM (
     SELECT sdk_app_id, interface, countIf(error_code != 0) AS failures, count() AS requests,
            round(failures / requests, 5) AS error_rate,
-           topKIf(3)(exception, error_code != 0) AS top_causes, topKIf(3)(error_code, error_code != 0) AS top_codes
+           <<top3_failed:exception>> AS top_causes, <<top3_failed:error_code>> AS top_codes
     FROM {db}.request_logs
     WHERE <<log_range>> AND <<app_filter>>
     GROUP BY sdk_app_id, interface
     HAVING failures > 0
 ) AS f
 LEFT JOIN <<names>> AS n ON n.sdk_app_id = f.sdk_app_id
-ORDER BY f.failures DESC, f.error_rate DESC
+ORDER BY f.failures DESC, f.error_rate DESC, f.sdk_app_id, f.interface
 LIMIT {limit:UInt32}"""), (*RANGE, APP, LIMIT)),
     NamedQuery(
         "slow_interfaces",
@@ -191,7 +211,7 @@ FROM (
     HAVING requests >= {min_requests:UInt32}
 ) AS l
 LEFT JOIN <<names>> AS n ON n.sdk_app_id = l.sdk_app_id
-ORDER BY l.p95_ms DESC, l.requests DESC
+ORDER BY l.p95_ms DESC, l.requests DESC, l.sdk_app_id, l.interface
 LIMIT {limit:UInt32}"""), (*RANGE, APP, MIN_REQUESTS, LIMIT)),
     NamedQuery(
         "top_causes",
@@ -204,14 +224,14 @@ LIMIT {limit:UInt32}"""), (*RANGE, APP, MIN_REQUESTS, LIMIT)),
 FROM (
     SELECT sdk_app_id, error_code, exception, count() AS failures,
            round(failures / sum(failures) OVER (PARTITION BY sdk_app_id), 5) AS share_of_app_failures,
-           topK(3)(interface) AS top_interfaces, topK(3)(region) AS top_regions,
+           <<top3:interface>> AS top_interfaces, <<top3:region>> AS top_regions,
            min(request_time) AS first_seen, max(request_time) AS last_seen
     FROM {db}.request_logs
     WHERE <<log_range>> AND <<app_filter>> AND error_code != 0
     GROUP BY sdk_app_id, error_code, exception
 ) AS c
 LEFT JOIN <<names>> AS n ON n.sdk_app_id = c.sdk_app_id
-ORDER BY c.failures DESC
+ORDER BY c.failures DESC, c.sdk_app_id, c.error_code, c.exception
 LIMIT {limit:UInt32}"""), (*RANGE, APP, LIMIT)),
     NamedQuery(
         "error_rate_change",
@@ -236,7 +256,7 @@ FROM (
     HAVING requests_now >= greatest({min_requests:UInt32}, 1)
 ) AS d
 LEFT JOIN <<names>> AS n ON n.sdk_app_id = d.sdk_app_id
-ORDER BY change DESC, d.requests_now DESC
+ORDER BY change DESC, d.requests_now DESC, d.sdk_app_id
 LIMIT {limit:UInt32}"""), (*RANGE, APP, MIN_REQUESTS, LIMIT)),
     NamedQuery(
         "breakdown",
@@ -249,12 +269,12 @@ FROM (
     SELECT if({by:String} = 'platform', platform, region) AS value, count() AS requests,
            countIf(error_code != 0) AS failures, round(failures / requests, 5) AS error_rate,
            quantilesTiming(0.5, 0.95, 0.99)(latency_ms) AS q, q[1] AS p50_ms, q[2] AS p95_ms, q[3] AS p99_ms,
-           topKIf(3)(exception, error_code != 0) AS top_causes
+           <<top3_failed:exception>> AS top_causes
     FROM {db}.request_logs
     WHERE <<log_range>> AND <<app_filter>>
     GROUP BY value
 ) AS b
-ORDER BY b.requests >= {min_requests:UInt32} DESC, b.error_rate DESC, b.requests DESC
+ORDER BY b.requests >= {min_requests:UInt32} DESC, b.error_rate DESC, b.requests DESC, b.value
 LIMIT {limit:UInt32}"""), (*RANGE, APP, BY, MIN_REQUESTS, LIMIT)),
     NamedQuery(
         "app_timeseries",

@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ NAMES = sorted(QUERIES)
 RANGED = sorted(n for n, q in QUERIES.items() if q.ranged)
 NOW = datetime(2026, 11, 22, 12, 0, 30, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[2]
+TOP3_ROWS = 84_000
 
 
 def minimal(name: str) -> dict[str, str]:
@@ -235,6 +237,10 @@ CHILD = textwrap.dedent("""
     out = {}
     for key, name, raw in spec["runs"]:
         out[key] = queries.run(Store(), name, queries.parse_params(name, raw, now=now)).as_dict()
+    x, c = "['b', 'a', 'c', 'd', 'e'][number % 7 % 5 + 1]", "number % 4 != 0"
+    top3 = client.query(f"SELECT number % 3 AS g, {queries._top3(x, c)} FROM numbers({spec['top3_rows']}) "
+                        "GROUP BY g ORDER BY g", settings={"max_threads": 4, "max_block_size": 997})
+    out["top3"] = {"columns": ["g", "top"], "rows": top3.result_rows}
     print(json.dumps(out))
 """)
 
@@ -261,6 +267,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str
     ms = int(now.timestamp() * 1000)
     spec = {
         "store": str(tmp_path_factory.mktemp("queries") / "store"), "now": now.isoformat(), "runs": runs,
+        "top3_rows": TOP3_ROWS,
         "rows": [[r[0].isoformat(), *r[1:]] for r in seed_rows(t1)],
         "columns": ["request_time", "sdk_app_id", "interface", "request_id", "client_net", "latency_ms", "error_code",
                     "exception", "region", "platform", "src_topic_id", "src_partition", "src_offset", "src_index",
@@ -331,6 +338,18 @@ def test_app_timeseries_shows_the_step(results: dict[str, list[dict[str, Any]]])
     assert all(b - a == timedelta(minutes=1) for a, b in itertools.pairwise(times))
     assert all(r["error_rate"] > 0.1 and r["p99_ms"] >= 800 for r in series)
     assert len(results["series_10s"]) == 60
+
+
+def test_top3_counts_exactly_and_breaks_ties_by_value(results: dict[str, list[dict[str, Any]]]) -> None:
+    """topK's tie order followed thread merge order, so one report listed "ap-guangzhou, ap-seoul" and
+    the next "ap-seoul, ap-guangzhou" for the same rows. Here 'a'/'b' tie, as do 'c'/'d'/'e', read by
+    4 threads in 997-row blocks: the order must be count first, value second, every time."""
+    expected = {}
+    for g in range(3):
+        counts = Counter("bacde"[n % 7 % 5] for n in range(g, TOP3_ROWS, 3) if n % 4 != 0)
+        expected[g] = [v for v, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]]
+    assert {r["g"]: r["top"] for r in results["top3"]} == expected
+    assert all(top[:2] == ["a", "b"] for top in expected.values())  # the data really has the ties
 
 
 def test_apps_lists_the_registry(results: dict[str, list[dict[str, Any]]]) -> None:
