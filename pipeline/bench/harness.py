@@ -151,6 +151,7 @@ def run(o: Options) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     port = embedded.free_port()
     broker = embedded.start_broker(port, work / "broker.log")
+    broker_cpu = procstat.CpuMeter(broker.pid).start()
     bootstrap = f"127.0.0.1:{port}"
     results: dict[str, Any] = {"schema": 1, "generated_at": started.isoformat(timespec="seconds"),
                                "command": o.command, "quick": o.quick, "throughput": [], "freshness": []}
@@ -185,6 +186,7 @@ def run(o: Options) -> dict[str, Any]:
                     print(_fresh_line(f), flush=True)
     finally:
         probe.stop()
+        broker_cpu.stop()
         embedded.stop(broker)
         if not o.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -192,11 +194,13 @@ def run(o: Options) -> dict[str, Any]:
     results["machine"]["speed_probe_best_ms"] = round(probe.best(), 3)
     for row in results["throughput"]:
         _judge_speed(row, probe)
+        _broker_share(row, broker_cpu)
     results["versions"] = _versions(o)
     results["elapsed_s"] = round(time.monotonic() - t0, 1)
     results["ratios"] = report.ratios(results)
     results["goals"] = report.goals(results)
     results["capacity"] = report.capacity(results)
+    results["ceiling"] = {w: report.ceiling(results, w) for w in sorted(results["workloads"])}
     return results
 
 
@@ -280,6 +284,14 @@ def _judge_speed(row: dict[str, Any], probe: SpeedProbe) -> None:
                             "(speed probe): this rate understates the contender")
 
 
+def _broker_share(row: dict[str, Any], meter: procstat.CpuMeter) -> None:
+    """The bundled broker's CPU inside a measurement's window, per million records: it shares the
+    cores with every contender, so it is part of what a pipeline on this machine pays."""
+    window, records = row["extra"].get("window"), row.get("records")
+    cpu = meter.between(*window) if window else None
+    row["extra"]["broker_cpu_s_per_million"] = round(cpu / records * 1e6, 3) if cpu is not None and records else None
+
+
 def _machine(load_start: tuple[float, float, float], speed_start: float) -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError):
@@ -343,4 +355,5 @@ def rerender(path: Path) -> dict[str, Any]:
         raise ValueError(f"cannot read results file {path}: {exc}") from None
     results["ratios"], results["goals"] = report.ratios(results), report.goals(results)
     results["capacity"] = report.capacity(results)
+    results["ceiling"] = {w: report.ceiling(results, w) for w in sorted(results["workloads"])}
     return results

@@ -9,9 +9,11 @@ exit, ``os.wait4`` gives the same numbers for the whole life of the process.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 
@@ -38,6 +40,55 @@ def peak_rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+class CpuMeter:
+    """CPU seconds of one long-lived process (the bench's broker), sampled every ``interval`` seconds
+    on a daemon thread, so that its cost inside any contender's window can be read once the window is
+    known (windows are reported by the contenders after the fact)."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        self.pid, self.interval = pid, interval
+        self.samples: list[tuple[float, float]] = []  # (epoch seconds, CPU seconds so far)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-cpu-meter", daemon=True)
+
+    def start(self) -> CpuMeter:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _sample(self) -> None:
+        cpu = cpu_seconds(self.pid)
+        if cpu is not None:
+            self.samples.append((time.time(), cpu))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def between(self, start: float, end: float) -> float | None:
+        """CPU seconds the process used within ``[start, end]`` (epoch seconds)."""
+        return cpu_between(self.samples, start, end)
+
+
+def cpu_between(samples: list[tuple[float, float]], start: float, end: float) -> float | None:
+    """CPU seconds used within ``[start, end]`` from cumulative ``(time, cpu)`` samples, linearly
+    interpolated between the samples around each end (pure). None unless samples cover the window."""
+    if end < start or len(samples) < 2 or not samples[0][0] <= start or not end <= samples[-1][0]:
+        return None
+
+    def at(t: float) -> float:
+        for (t0, c0), (t1, c1) in itertools.pairwise(samples):
+            if t0 <= t <= t1:
+                return c0 if t1 == t0 else c0 + (c1 - c0) * (t - t0) / (t1 - t0)
+        return samples[-1][1]
+
+    return max(0.0, at(end) - at(start))
 
 
 @dataclass

@@ -55,29 +55,78 @@ def _goal(name: str, target: str, value: float | None, met: bool | None, why: st
     return {"goal": name, "target": target, "value": value, "shown": shown, "met": met, "why": why}
 
 
+def ceiling(results: dict[str, Any], workload: str) -> dict[str, Any] | None:
+    """The most records/s that any pipeline which consumes, decodes, inserts and aggregates every
+    record with these tools could reach on this machine: its cores divided by the CPU those steps cost
+    on their own (the two limit contenders; the insert contender times the aggregation apart), each
+    scaled back to the host's best speed in the run by its slowdown probe.
+
+    An upper bound, and a generous one: it leaves out the broker on the same cores, background merges
+    and every line of glue. A goal above it cannot be met on this machine, whatever the pipeline does;
+    one below it says how much CPU the rest may take. None when a limit contender is missing or void."""
+    consume, insert = _find(results["throughput"], "limit-consume", workload), _find(results["throughput"],
+                                                                                    "limit-insert", workload)
+    if not (_rate(consume) and _rate(insert) and consume and insert):
+        return None
+    extra = insert.get("extra", {})
+    if not (consume.get("cpu_s_per_million") and insert.get("cpu_s_per_million")
+            and extra.get("aggregate_cpu_seconds") is not None and insert.get("records")):
+        return None
+
+    def best(row: dict[str, Any], cpu_s_per_million: float) -> float:
+        return cpu_s_per_million / max(1.0, row.get("extra", {}).get("cpu_slowdown") or 1.0)
+
+    steps = {"consume_decode": best(consume, consume["cpu_s_per_million"]),
+             "broker": best(consume, consume.get("extra", {}).get("broker_cpu_s_per_million") or 0.0),
+             "insert": best(insert, insert["cpu_s_per_million"]),
+             "aggregate": best(insert, extra["aggregate_cpu_seconds"] / insert["records"] * 1e6)}
+    cores = results["machine"]["cpus"]
+    return {"records_per_s": round(cores * 1e6 / sum(steps.values()), 1), "cores": cores,
+            "cpu_s_per_million": {k: round(v, 3) for k, v in steps.items()}}
+
+
+def _ceiling_text(c: dict[str, Any], target: float) -> str:
+    steps = c["cpu_s_per_million"]
+    parts = (f"{c['cores']} cores / ({steps['consume_decode']:.2f} consume + decode + {steps['broker']:.2f} broker + "
+             f"{steps['insert']:.2f} insert + {steps['aggregate']:.2f} aggregate CPU-s per million records, the limit "
+             "contenders' own costs at the run's best host speed)")
+    if target > c["records_per_s"]:
+        return (f"unreachable on this machine: the target, {target:,.0f} records/s, is above the ceiling of "
+                f"{c['records_per_s']:,.0f} records/s = {parts}, which leaves nothing for merges or glue")
+    room = c["cores"] * 1e6 / target - sum(steps.values())
+    return (f"ceiling here {c['records_per_s']:,.0f} records/s = {parts}; at the target, merges and glue may take "
+            f"{room:.2f} CPU-s per million records")
+
+
 def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's goals with the measured value and met / not met (None: not measured)."""
     rows, fresh = results["throughput"], results.get("freshness", [])
     rat = ratios(results)
     out = []
 
-    def rate_goal(workload: str, floor: float, label: str) -> None:
+    def rate_goal(workload: str, floor: float, label: str, room: dict[str, Any] | None = None) -> None:
         row = _find(rows, "pipeline", workload)
         value = _rate(row)
         why = "" if value is not None else ("not run" if row is None else "void: " + "; ".join(row["problems"]))
+        if room and (value is None or value < floor):
+            why = "; ".join(filter(None, [why, _ceiling_text(room, floor)]))
         out.append(_goal(label, f">= {floor:,.0f} records/s", value, None if row is None else
                          (value is not None and value >= floor), why, "rps"))
 
-    def ratio_goal(workload: str, other: str, floor: float, label: str) -> None:
+    def ratio_goal(workload: str, other: str, floor: float, label: str, room: dict[str, Any] | None = None) -> None:
         if workload not in rat or other not in rat[workload]:
             out.append(_goal(label, f">= {floor:g}x", None, None, "not run"))
             return
         value = rat[workload][other]
-        out.append(_goal(label, f">= {floor:g}x", value, value is not None and value >= floor,
-                         "" if value is not None else "a side is void"))
+        why = "" if value is not None else "a side is void"
+        theirs = _rate(_find(rows, other, workload))
+        if room and theirs and (value is None or value < floor):
+            why = "; ".join(filter(None, [why, _ceiling_text(room, floor * theirs)]))
+        out.append(_goal(label, f">= {floor:g}x", value, value is not None and value >= floor, why))
 
-    rate_goal("b", 250_000, "batched messages: records/s end to end")
-    ratio_goal("b", "limit-consume", 0.5, "batched messages: share of the consume + decode limit")
+    batched = ceiling(results, "b")
+    rate_goal("b", 250_000, "batched messages: records/s end to end", batched)
+    ratio_goal("b", "limit-consume", 0.5, "batched messages: share of the consume + decode limit", batched)
     rate_goal("a", 60_000, "one record per message: records/s end to end")
     ratio_goal("a", "quix", 2.0, "one record per message: vs Quix Streams")
     ratio_goal("a", "naive-faust", 5.0, "one record per message: vs the naive faust agent")

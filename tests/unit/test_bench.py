@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from pipeline.bench import report, status
+from pipeline.bench import procstat, report, status
 from pipeline.bench.freshness import delta, histogram_quantile
 from pipeline.bench.harness import cpu_calibration_ms
 from pipeline.bench.options import add_arguments, options
@@ -196,6 +198,65 @@ def test_the_speed_probe_judges_each_window_and_a_slow_host_is_flagged() -> None
         probe.stop()
     factor = probe.factor(start - 1, time.time())
     assert probe.baseline > 0 and factor is not None and factor > 0
+
+
+def batched_doc(pipeline_rps: float, consume: dict[str, Any], insert: dict[str, Any]) -> dict[str, Any]:
+    """Workload b with the pipeline and both limit contenders (1M records each)."""
+    def row(contender: str, rps: float, cpu: float, extra: dict[str, Any]) -> dict[str, Any]:
+        return {"contender": contender, "workload": "b", "records": 1_000_000, "records_per_s": rps,
+                "cpu_s_per_million": cpu, "peak_rss_mb": 200.0, "correct": True, "problems": [], "extra": extra}
+
+    doc = results_doc(70_000.0, 20_000.0)
+    doc["throughput"] += [row("pipeline", pipeline_rps, 9.0, {}), row("limit-consume", 800_000.0, 1.5, consume),
+                          row("limit-insert", 400_000.0, 3.0, insert)]
+    return doc
+
+
+def test_the_ceiling_adds_the_limits_own_costs_and_judges_the_batched_goals_against_it() -> None:
+    doc = batched_doc(160_000.0, {"broker_cpu_s_per_million": 0.5}, {"aggregate_cpu_seconds": 1.0})
+    ceiling = report.ceiling(doc, "b")
+    assert ceiling is not None
+    assert ceiling["cpu_s_per_million"] == {"consume_decode": 1.5, "broker": 0.5, "insert": 3.0, "aggregate": 1.0}
+    assert ceiling["records_per_s"] == pytest.approx(2e6 / 6.0, abs=0.1)  # 2 cores / 6 CPU-s per million
+    goals = {g["goal"]: g for g in report.goals(doc)}
+    ratio = goals["batched messages: share of the consume + decode limit"]  # 0.5x of 800k = 400k > 333k
+    assert ratio["met"] is False and ratio["why"].startswith("unreachable on this machine: the target, 400,000")
+    rate = goals["batched messages: records/s end to end"]  # 250k < 333k: reachable, with 2.0 CPU-s to spare
+    assert rate["met"] is False and "ceiling here 333,333 records/s" in rate["why"]
+    assert "merges and glue may take 2.00 CPU-s per million" in rate["why"]
+    # a slow host inflates CPU seconds: each step is scaled back to the run's best speed first
+    slow = batched_doc(160_000.0, {"broker_cpu_s_per_million": 0.5, "cpu_slowdown": 1.5},
+                       {"aggregate_cpu_seconds": 1.0, "cpu_slowdown": 2.0})
+    assert report.ceiling(slow, "b")["cpu_s_per_million"] == {  # type: ignore[index]
+        "consume_decode": 1.0, "broker": 0.333, "insert": 1.5, "aggregate": 0.5}
+    met = {g["goal"]: g for g in report.goals(batched_doc(260_000.0, {}, {"aggregate_cpu_seconds": 1.0}))}
+    assert met["batched messages: records/s end to end"] == {**met["batched messages: records/s end to end"],
+                                                             "met": True, "why": ""}
+    assert report.ceiling(batched_doc(1.0, {}, {}), "b") is None  # no aggregate timing: no ceiling
+    assert report.ceiling(doc, "a") is None  # no insert limit in workload a
+
+
+def test_cpu_between_interpolates_cumulative_samples_and_the_meter_reads_a_live_process() -> None:
+    samples = [(10.0, 1.0), (11.0, 1.5), (12.0, 3.5)]
+    assert procstat.cpu_between(samples, 10.0, 12.0) == 2.5
+    assert procstat.cpu_between(samples, 10.5, 11.5) == pytest.approx(1.25)  # 1.25 at 10.5 -> 2.5 at 11.5
+    assert procstat.cpu_between(samples, 9.0, 11.0) is None  # the window starts before the first sample
+    assert procstat.cpu_between(samples, 11.0, 12.5) is None
+    assert procstat.cpu_between(samples[:1], 10.0, 10.0) is None
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
+    meter = procstat.CpuMeter(busy.pid, interval=0.05).start()
+    try:
+        time.sleep(1.0)
+        start = time.time()
+        time.sleep(1.0)
+        end = time.time()
+        time.sleep(0.2)
+    finally:
+        meter.stop()
+        busy.kill()
+        busy.wait()
+    used = meter.between(start, end)
+    assert used is not None and 0.3 < used < 1.3  # a busy loop: about one CPU-second per second
 
 
 def parse(*argv: str) -> Any:
