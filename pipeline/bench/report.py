@@ -58,12 +58,14 @@ def _goal(name: str, target: str, value: float | None, met: bool | None, why: st
 def ceiling(results: dict[str, Any], workload: str) -> dict[str, Any] | None:
     """The most records/s that any pipeline which consumes, decodes, inserts and aggregates every
     record with these tools could reach on this machine: its cores divided by the CPU those steps cost
-    on their own (the two limit contenders; the insert contender times the aggregation apart), each
-    scaled back to the host's best speed in the run by its slowdown probe.
+    on their own (the two limit contenders; the broker's share is its CPU in the consume window, and
+    the insert contender times the aggregation and the merges of its parts apart), each scaled back to
+    the host's best speed in the run by its slowdown probe.
 
-    An upper bound, and a generous one: it leaves out the broker on the same cores, background merges
-    and every line of glue. A goal above it cannot be met on this machine, whatever the pipeline does;
-    one below it says how much CPU the rest may take. None when a limit contender is missing or void."""
+    An upper bound, and a generous one: every line of glue is free in it, and the insert contender's
+    parts (100k rows) need fewer merges than a pipeline flushing every second. A goal above it cannot
+    be met on this machine, whatever the pipeline does; one below it says how much CPU the rest may
+    take. None when a limit contender is missing or void."""
     consume, insert = _find(results["throughput"], "limit-consume", workload), _find(results["throughput"],
                                                                                     "limit-insert", workload)
     if not (_rate(consume) and _rate(insert) and consume and insert):
@@ -80,21 +82,27 @@ def ceiling(results: dict[str, Any], workload: str) -> dict[str, Any] | None:
              "broker": best(consume, consume.get("extra", {}).get("broker_cpu_s_per_million") or 0.0),
              "insert": best(insert, insert["cpu_s_per_million"]),
              "aggregate": best(insert, extra["aggregate_cpu_seconds"] / insert["records"] * 1e6)}
+    if extra.get("merge_cpu_seconds") is not None:  # results files before the merges were measured lack it
+        steps["merges"] = best(insert, extra["merge_cpu_seconds"] / insert["records"] * 1e6)
     cores = results["machine"]["cpus"]
     return {"records_per_s": round(cores * 1e6 / sum(steps.values()), 1), "cores": cores,
             "cpu_s_per_million": {k: round(v, 3) for k, v in steps.items()}}
 
 
+STEP_NAMES = {"consume_decode": "consume + decode", "broker": "broker", "insert": "insert", "aggregate": "aggregate",
+              "merges": "merges"}
+
+
 def _ceiling_text(c: dict[str, Any], target: float) -> str:
     steps = c["cpu_s_per_million"]
-    parts = (f"{c['cores']} cores / ({steps['consume_decode']:.2f} consume + decode + {steps['broker']:.2f} broker + "
-             f"{steps['insert']:.2f} insert + {steps['aggregate']:.2f} aggregate CPU-s per million records, the limit "
-             "contenders' own costs at the run's best host speed)")
+    rest = "glue" if "merges" in steps else "merges and glue"
+    parts = (f"{c['cores']} cores / ({' + '.join(f'{v:.2f} {STEP_NAMES[k]}' for k, v in steps.items())} CPU-s per "
+             "million records, the limit contenders' own costs at the run's best host speed)")
     if target > c["records_per_s"]:
         return (f"unreachable on this machine: the target, {target:,.0f} records/s, is above the ceiling of "
-                f"{c['records_per_s']:,.0f} records/s = {parts}, which leaves nothing for merges or glue")
+                f"{c['records_per_s']:,.0f} records/s = {parts}, which leaves nothing for {rest}")
     room = c["cores"] * 1e6 / target - sum(steps.values())
-    return (f"ceiling here {c['records_per_s']:,.0f} records/s = {parts}; at the target, merges and glue may take "
+    return (f"ceiling here {c['records_per_s']:,.0f} records/s = {parts}; at the target, {rest} may take "
             f"{room:.2f} CPU-s per million records")
 
 

@@ -223,7 +223,7 @@ def test_the_ceiling_adds_the_limits_own_costs_and_judges_the_batched_goals_agai
     assert ratio["met"] is False and ratio["why"].startswith("unreachable on this machine: the target, 400,000")
     rate = goals["batched messages: records/s end to end"]  # 250k < 333k: reachable, with 2.0 CPU-s to spare
     assert rate["met"] is False and "ceiling here 333,333 records/s" in rate["why"]
-    assert "merges and glue may take 2.00 CPU-s per million" in rate["why"]
+    assert "merges and glue may take 2.00 CPU-s per million" in rate["why"]  # merges not measured: in the rest
     # a slow host inflates CPU seconds: each step is scaled back to the run's best speed first
     slow = batched_doc(160_000.0, {"broker_cpu_s_per_million": 0.5, "cpu_slowdown": 1.5},
                        {"aggregate_cpu_seconds": 1.0, "cpu_slowdown": 2.0})
@@ -232,6 +232,13 @@ def test_the_ceiling_adds_the_limits_own_costs_and_judges_the_batched_goals_agai
     met = {g["goal"]: g for g in report.goals(batched_doc(260_000.0, {}, {"aggregate_cpu_seconds": 1.0}))}
     assert met["batched messages: records/s end to end"] == {**met["batched messages: records/s end to end"],
                                                              "met": True, "why": ""}
+    merged = batched_doc(160_000.0, {"broker_cpu_s_per_million": 0.5},
+                         {"aggregate_cpu_seconds": 1.0, "merge_cpu_seconds": 1.0})
+    with_merges = report.ceiling(merged, "b")
+    assert with_merges is not None and with_merges["cpu_s_per_million"]["merges"] == 1.0
+    assert with_merges["records_per_s"] == pytest.approx(2e6 / 7.0, abs=0.1)
+    rate = {g["goal"]: g for g in report.goals(merged)}["batched messages: records/s end to end"]
+    assert "+ 1.00 merges CPU-s" in rate["why"] and "glue may take 1.00 CPU-s per million" in rate["why"]
     assert report.ceiling(batched_doc(1.0, {}, {}), "b") is None  # no aggregate timing: no ceiling
     assert report.ceiling(doc, "a") is None  # no insert limit in workload a
 
