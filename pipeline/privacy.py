@@ -84,17 +84,18 @@ _G = "[1-9a-f][0-9a-f]{0,3}"
 IPV6_HEAD_RE2 = rf"^({_G}:{_G}:{_G}):"
 
 
-def minimise_column(ips: list[str], mode: str, one: Minimiser) -> pa.Array:
+def minimise_column(ips: list[str] | pa.Array, mode: str, one: Minimiser) -> pa.Array:
     """Minimise a whole column of addresses; null where an address is invalid.
 
     The common cases in ``prefix``/``drop`` mode, dotted-quad IPv4 and IPv6 whose first three groups
     are written out, are done for the whole column at once inside Arrow (about 0.7 µs a row, building
     the Arrow column included, instead of 1.5-2 µs through ``one``); every other value (other IPv6
     text, IPv4-mapped, garbage, and all values in ``hash`` mode) goes through ``one``, so the result
-    is exactly ``[one(ip) for ip in ips]`` (a property test holds it to that)."""
-    column = pa.array(ips, pa.string())
-    if mode not in ("prefix", "drop") or not ips:
-        return pa.array(list(map(one, ips)), pa.string())
+    is exactly ``[one(ip) for ip in ips]`` (a property test holds it to that). ``ips`` may already be
+    an Arrow string column (the native decoder's)."""
+    column = ips if isinstance(ips, pa.Array) else pa.array(ips, pa.string())
+    if mode not in ("prefix", "drop") or not len(ips):
+        return pa.array(list(map(one, ips if isinstance(ips, list) else ips.to_pylist())), pa.string())
     v4 = pc.match_substring_regex(column, IPV4_RE2)
     out = _networks(column, v4, mode, _v4_networks)
     if v4.false_count == 0:
@@ -106,7 +107,8 @@ def minimise_column(ips: list[str], mode: str, one: Minimiser) -> pa.Array:
     net = _networks(rest, v6, mode, _v6_networks)
     if v6.false_count:
         slow = pc.invert(v6)
-        per_value = [one(ips[i]) for i in where[np.flatnonzero(slow.to_numpy(zero_copy_only=False))].tolist()]
+        rows = where[np.flatnonzero(slow.to_numpy(zero_copy_only=False))]
+        per_value = [one(ip) for ip in column.take(rows).to_pylist()]
         net = pc.replace_with_mask(net, slow, pa.array(per_value, pa.string()))
     return pc.replace_with_mask(out, others, net)
 

@@ -17,11 +17,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import aggregate, failpoints
+from . import aggregate, failpoints, fastlog
 from .batch import (
     Buffer,
     DeadLetter,
     Origin,
+    columns_batch,
     dead_letter_table,
     interface_column,
     log_batch,
@@ -78,6 +79,8 @@ class Processor:
         self.samples_decoder = Decoder(MonitoringSample)
         self.logs_fast: Decoder[Any] = Decoder(LooseRequestLog)  # type: ignore[type-var]
         self.samples_fast: Decoder[Any] = Decoder(LooseMonitoringSample)  # type: ignore[type-var]
+        # request logs go to the native decoder first, when built and enabled (see ``fastlog``)
+        self.native = fastlog.ColumnDecoder() if settings.native_decoder and fastlog.available else None
         self.max_age_ms = {settings.topic_request_logs: policy.log_data_days * DAY_MS,
                            settings.topic_monitoring_samples: policy.monitoring_data_days * DAY_MS}
         # the unit the tables' TTLs truncate event times to (001: toDate, 002/003: toStartOfHour)
@@ -120,6 +123,8 @@ class Processor:
                   self.settings.topic_monitoring_samples: _Chunk(self.samples_decoder, self.samples_fast)}
         messages = list(messages)
         next_offsets = self.buffer.next_offsets
+        logs_topic, native = self.settings.topic_request_logs, self.native
+        taken = _Chunk(self.logs_decoder, self.logs_fast)  # messages the native decoder took, as runs
         for msg in messages:
             topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
             chunk = chunks[topic]
@@ -129,6 +134,12 @@ class Processor:
             if skip is not None and offset > skip[1]:
                 del self.skip[(topic, partition)]
                 skip = None
+            if native is not None and skip is None and value and topic == logs_topic:
+                n = native.add(value)
+                if n > 0:
+                    taken.add_run(partition, offset, 0, n)
+                    next_offsets[(topic, partition)] = offset + 1
+                    continue
             # b"{" and no inner newline: most likely one valid record
             if skip is None and value and value[0] == 123 and value.find(b"\n", 0, len(value) - 1) < 0:
                 try:
@@ -150,7 +161,9 @@ class Processor:
                 chunk.records.extend(items)
                 chunk.add_run(partition, offset, 0, len(items))
             next_offsets[(topic, partition)] = offset + 1
-        n_records = sum(len(c.records) + c.rejected for c in chunks.values())
+        columnar = {logs_topic: self._admit_taken(logs_topic, taken, chunks[logs_topic], messages, now_ms)
+                    if native is not None and taken.counts else 0}
+        n_records = sum(len(c.records) + c.rejected for c in chunks.values()) + columnar[logs_topic]
         if messages:  # the source sizes its next poll with this, to bound what one poll can buffer
             self.records_per_message = 0.7 * self.records_per_message + 0.3 * (n_records / len(messages))
         for topic, chunk in chunks.items():
@@ -159,9 +172,53 @@ class Processor:
                 self._check_patterns(topic, chunk)
             if chunk.messages:
                 self.metrics.messages_consumed.labels(topic).inc(chunk.messages)
-                self.metrics.records_consumed.labels(topic).inc(len(chunk.records) + chunk.rejected)
+                self.metrics.records_consumed.labels(topic).inc(len(chunk.records) + chunk.rejected +
+                                                                columnar.get(topic, 0))
             if chunk.records:
                 self._admit(topic, chunk, now_ms)
+
+    def _admit_taken(self, topic: str, taken: _Chunk, chunk: _Chunk, messages: list[Message], now_ms: int) -> int:
+        """Rows the native decoder took, judged by the same per-batch rules as ``_admit`` (interface
+        pattern, event-time window, IP). A message with any row that fails one goes back through
+        msgspec into ``chunk``, so it is judged and dead-lettered exactly as without the native decoder;
+        the other rows are buffered as they are. Returns the rows buffered."""
+        assert self.native is not None
+        cols = self.native.take()
+        times = cols.request_time
+        oldest = oldest_kept(now_ms, self.max_age_ms[topic], self.ttl_unit_ms[topic])
+        bad = (times < oldest) | (times > now_ms + self.skew_ms)
+        if pc.all(pc.match_substring_regex(pc.unique(cols.interface), INTERFACE_PATTERN_RE2)).as_py() is False:
+            bad |= ~pc.match_substring_regex(cols.interface, INTERFACE_PATTERN_RE2).to_numpy(zero_copy_only=False)
+        nets = minimise_column(cols.client_ip, self.settings.pii_mode, self.minimise)
+        if nets.null_count:
+            bad |= nets.is_null().to_numpy(zero_copy_only=False)
+        partitions, offsets, indices = taken.coordinates()
+        if bad.any():
+            message_of = partitions << 48 | offsets  # offsets stay below 2**48
+            keep = ~np.isin(message_of, np.unique(message_of[bad]))
+            taken.source = messages
+            for partition, offset in sorted(set(zip(partitions[~keep].tolist(), offsets[~keep].tolist(),
+                                                    strict=True))):
+                self._decode_again(taken.message(topic, partition, offset), topic, partition, offset, chunk)
+            cols, nets = cols.filter(keep), nets.filter(pa.array(keep))
+            partitions, offsets, indices = partitions[keep], offsets[keep], indices[keep]
+        if len(cols):
+            self.buffer.add_logs(columns_batch(cols, nets, self.topic_ids.get(topic, topic), partitions, offsets,
+                                               indices))
+        return len(cols)
+
+    def _decode_again(self, msg: Message, topic: str, partition: int, offset: int, chunk: _Chunk) -> None:
+        """A message the native decoder took but a per-batch rule refused a row of: through msgspec, as
+        every message it does not take."""
+        value = msg.value()
+        decoded = chunk.fast.decode(value)
+        if decoded.rejects:  # the strict decoder names the exact reason
+            decoded = chunk.strict.decode(value)
+        if decoded.rejects or decoded.indices is not None:
+            self._process_slow(msg, topic, partition, offset, decoded, None, chunk)
+        else:
+            chunk.records.extend(decoded.items)
+            chunk.add_run(partition, offset, 0, len(decoded.items))
 
     def _process_slow(self, msg: Message, topic: str, partition: int, offset: int, decoded: Decoded[Any],
                       skip: tuple[set[tuple[int, int]], int] | None, chunk: _Chunk) -> None:

@@ -72,6 +72,8 @@ class Settings:
     batch_max_records: int = _f(50_000, "Rows buffered before an insert (1..1,000,000).")
     batch_max_seconds: float = _f(1.0, "Oldest buffered row's maximal age before an insert (0.05..60 s).")
     consume_max_messages: int = _f(5_000, "Kafka messages fetched per poll (1..100,000).")
+    native_decoder: bool = _f(True, "Decode request logs with the native decoder where it is built (false: "
+                              "msgspec only, to compare or to rule it out).")
     max_future_skew_seconds: int = _f(300, "Records stamped further in the future go to dead letters.")
     # Privacy
     pii_mode: str = _f("prefix", "How the exit IP is minimised: prefix (/24, /48), hash (keyed) or drop.")

@@ -1,0 +1,160 @@
+"""The native request-log decoder (pipeline/_fastlog.c) against msgspec, the reference.
+
+Whatever the native decoder takes, msgspec's hot-path decoder (``LooseRequestLog``) must take too, as
+the same records with the same values; whatever it does not take, it must leave no trace of. And it
+must take the common case (valid records as producers write them, in every framing), or the worker
+would silently run on the slow path. Checked on generated records around every bound and on
+byte-level mutations of valid messages."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline import fastlog
+from pipeline.decode import Decoder
+from pipeline.records import LooseRequestLog
+
+pytestmark = pytest.mark.skipif(not fastlog.available and not os.environ.get("CI"),
+                                reason="the native decoder is not built here (no C compiler)")
+REFERENCE: Decoder[Any] = Decoder(LooseRequestLog)  # type: ignore[type-var]
+FIELDS = ("sdk_app_id", "interface", "request_time", "client_ip", "latency_ms", "error_code", "region", "platform",
+          "request_id")
+
+
+def test_built_where_the_suite_runs() -> None:
+    """CI installs with a C compiler: there the extension must exist (else every test here is moot)."""
+    assert fastlog.available
+
+
+def good(i: int = 0, **over: Any) -> dict[str, Any]:
+    return {"sdk_app_id": 1400000001 + i, "interface": "v4/openim/sendmsg", "request_time": 1795000000000 + i,
+            "client_ip": f"203.0.113.{i % 250}", "latency_ms": 20 + i, "error_code": 0, "region": "ap-seoul",
+            "platform": "iOS", "request_id": f"req-{i}", **over}
+
+
+def frame(records: list[dict[str, Any]], framing: str) -> bytes:
+    if framing == "array":
+        return msgspec.json.encode(records)
+    return b"\n".join(msgspec.json.encode(r) for r in records)
+
+
+def check(value: bytes) -> int:
+    """Feed one message; assert the invariant; return what the native decoder said."""
+    native = fastlog.ColumnDecoder()
+    n = native.add(value)
+    if n < 0:
+        assert native.rows == 0 and len(native.take()) == 0  # not taken: nothing left behind
+        return n
+    ref = REFERENCE.decode(value)
+    assert not ref.rejects and ref.indices is None, "the native decoder took a message msgspec refuses"
+    cols = native.take()
+    assert n == len(cols) == len(ref.items)
+    got = [{"sdk_app_id": cols.sdk_app_id[i].as_py(), "interface": cols.interface[i].as_py(),
+            "request_time": int(cols.request_time[i]), "client_ip": cols.client_ip[i].as_py(),
+            "latency_ms": cols.latency_ms[i].as_py(), "error_code": cols.error_code[i].as_py(),
+            "region": cols.region[i].as_py(), "platform": cols.platform[i].as_py(),
+            "request_id": cols.request_id[i].as_py(), "exception": cols.exception[i].as_py()} for i in range(n)]
+    want = [{**{f: getattr(r, f) for f in FIELDS}, "exception": r.exception or ""} for r in ref.items]
+    assert got == want
+    return n
+
+
+@pytest.mark.parametrize("framing", ["array", "ndjson"])
+@pytest.mark.parametrize("count", [1, 2, 400])
+def test_takes_what_producers_write(framing: str, count: int) -> None:
+    records = [good(i, exception="msg store shard 7 timeout" if i % 3 == 0 else None) for i in range(count)]
+    assert check(frame(records, framing)) == count
+    assert check(b" \n" + frame(records, framing) + b"\r\n") == count  # whitespace around is still one message
+    assert check(msgspec.json.encode(records, order="sorted") if framing == "array" else frame(records, "ndjson")
+                 ) == count
+
+
+def test_columns_accumulate_over_messages_and_take_empties() -> None:
+    native = fastlog.ColumnDecoder()
+    assert native.add(frame([good(0), good(1)], "array")) == 2
+    assert native.add(b"not json") == -1
+    assert native.add(frame([good(2)], "ndjson")) == 1
+    cols = native.take()
+    assert cols.request_id.to_pylist() == ["req-0", "req-1", "req-2"] and len(native.take()) == 0
+    assert cols.filter(cols.request_time > 1795000000000).request_id.to_pylist() == ["req-1", "req-2"]
+
+
+@pytest.mark.parametrize("value", [
+    b"", b"   ", b"[]", b"{}", b"null", b"[1]", b"[" + msgspec.json.encode(good()),  # truncated
+    msgspec.json.encode([good()]) + b"x",  # trailing garbage
+    msgspec.json.encode(good()) + b" " + msgspec.json.encode(good()),  # two objects, one line
+    msgspec.json.encode(good()) + b"\n\n" + msgspec.json.encode(good()),  # a blank line between
+    b'{"sdk_app_id": 1400000001, "sdk_app_id": 1400000002' + msgspec.json.encode(good())[1:],  # repeated key
+])
+def test_refuses_what_it_does_not_handle_and_leaves_nothing(value: bytes) -> None:
+    assert check(value) == -1
+
+
+@pytest.mark.parametrize("over", [
+    {"sdk_app_id": 0}, {"sdk_app_id": 2**32}, {"sdk_app_id": 1.0}, {"sdk_app_id": "1"}, {"sdk_app_id": True},
+    {"request_time": -1}, {"request_time": 253_402_300_800_000}, {"latency_ms": 3_600_001}, {"latency_ms": None},
+    {"error_code": 2**31}, {"error_code": -(2**31) - 1}, {"interface": ""}, {"interface": "x" * 129},
+    {"region": ""}, {"region": "r" * 33}, {"platform": "p" * 33}, {"request_id": ""}, {"request_id": "q" * 65},
+    {"client_ip": "i" * 65}, {"exception": "e" * 2049}, {"exception": 5}, {"interface": "caf\u00e9"},
+    {"request_id": 'a"b'}, {"extra": 1},
+])
+def test_a_record_msgspec_refuses_or_may_read_differently_is_not_taken(over: dict[str, Any]) -> None:
+    assert check(frame([good(0), good(1, **over)], "array")) == -1
+
+
+@pytest.mark.parametrize("over", [
+    {"sdk_app_id": 1}, {"sdk_app_id": 2**32 - 1}, {"request_time": 0}, {"request_time": 253_402_300_799_999},
+    {"latency_ms": 0}, {"latency_ms": 3_600_000}, {"error_code": -(2**31)}, {"error_code": 2**31 - 1},
+    {"interface": "x" * 128}, {"region": "r" * 32}, {"request_id": "q" * 64}, {"client_ip": ""},
+    {"client_ip": "i" * 64}, {"exception": "e" * 2048}, {"exception": ""}, {"exception": None},
+    {"interface": "has space"},  # the pattern is checked per batch, after decoding (as for msgspec's loose struct)
+])
+def test_bounds_are_taken_with_the_same_values(over: dict[str, Any]) -> None:
+    assert check(frame([good(0, **over)], "array")) == 1
+    assert check(frame([good(0), good(1, **over)], "ndjson")) == 2
+
+
+TEXT = st.text(st.sampled_from("ab/._-09 \"\\\n\u00e9\u4e2d\x00\x7f"), max_size=6)
+INTS = st.one_of(st.integers(-(2**63), 2**64), st.sampled_from([0, 1, -1, 2**31, 2**32, 3_600_000]),
+                 st.floats(allow_nan=False, allow_infinity=False), st.booleans(), st.none(), TEXT)
+
+
+@st.composite
+def records(draw: st.DrawFn) -> dict[str, Any]:
+    r: dict[str, Any] = good(draw(st.integers(0, 100)))
+    for name in draw(st.lists(st.sampled_from([*FIELDS, "exception", "other"]), max_size=3)):
+        r[name] = draw(INTS if name in ("sdk_app_id", "request_time", "latency_ms", "error_code") else
+                       st.one_of(TEXT, st.text(max_size=70), st.none(), st.integers()))
+    for name in draw(st.lists(st.sampled_from(FIELDS), max_size=1)):
+        r.pop(name, None)
+    return r
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(records(), min_size=1, max_size=4), st.sampled_from(["array", "ndjson"]),
+       st.sampled_from([b"", b" ", b"\n", b"\r\n", b"\t"]))
+def test_generated_messages_agree_with_msgspec(recs: list[dict[str, Any]], framing: str, pad: bytes) -> None:
+    check(pad + frame(recs, framing) + pad)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(["array", "ndjson"]), st.integers(1, 3), st.data())
+def test_mutated_bytes_agree_with_msgspec(framing: str, count: int, data: st.DataObject) -> None:
+    value = bytearray(frame([good(i, exception="boom" if i else None) for i in range(count)], framing))
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, len(value) - 1))
+        op = data.draw(st.sampled_from(["set", "insert", "delete"]))
+        byte = data.draw(st.sampled_from(b' \n\r\t{}[],:"\\-.0123456789eE+nulltrufas\x00\xc3\xa9'))
+        if op == "set":
+            value[at] = byte
+        elif op == "insert":
+            value.insert(at, byte)
+        else:
+            del value[at]
+    check(bytes(value))
