@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 
 .PHONY: run test venv lint unit integration generate clean bench bench-env
 
-$(BIN)/imtel: pyproject.toml
+$(BIN)/imtel: pyproject.toml pipeline/_fastlog.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[dev]"
