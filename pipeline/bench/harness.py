@@ -205,23 +205,32 @@ def run(o: Options) -> dict[str, Any]:
 
 
 def profile_run(o: Options, w: Workload, p: dict[str, Any], bootstrap: str, work: Path) -> dict[str, Any]:
-    """The pipeline once more on a workload, sampled by py-spy: CPU shares, not speed."""
+    """The pipeline once more on a workload, sampled by py-spy: CPU shares, not speed. The worker
+    writes over HTTP to the engine in its own process (the production topology), so that its CPU,
+    the denominator of the shares, is the worker's alone."""
     run_dir = work / f"profile-pipeline-{w.name}"
     if profile.spy_binary() is None:
         return {"workload": w.name, "correct": False, **profile.Profile(note="py-spy is not installed").as_json()}
     target = Target(w.name, p["full"], p["expected"], bootstrap, run_dir)
-    m = measure_pipeline(target, o.pipeline_env, o.timeout, profile_out=run_dir / "pyspy.txt")
-    found = profile.read(run_dir / "pyspy.txt")
+    try:
+        engine = start_engine(run_dir)
+    except RuntimeError as exc:
+        return {"workload": w.name, "correct": False, **profile.Profile(note=str(exc)).as_json()}
+    m = measure_pipeline(target, o.pipeline_env, o.timeout, profile_out=run_dir / "pyspy.txt", engine=engine)
+    found = profile.read(run_dir / "pyspy.txt").of_cpu(m.cpu_seconds)
     if not m.correct:
         found.note = "; ".join(m.problems)
-    return {"workload": w.name, "correct": m.correct, **found.as_json()}
+    return {"workload": w.name, "correct": m.correct, "topology": "ClickHouse over HTTP", **found.as_json()}
 
 
 def _profile_line(p: dict[str, Any]) -> str:
     if p["metrics_share"] is None:
         return f"[bench] profile: none — {p['note']}"
-    return (f"[bench] profile pipeline/{p['workload']}: {p['samples']} samples, metrics {p['metrics_share']:.1%}, "
-            f"logging {p['logging_share']:.1%} of CPU; top: {', '.join(f for f, _ in p['top_self'][:3])}")
+    shares = (f"metrics {p['metrics_cpu_share']:.1%}, logging {p['logging_cpu_share']:.1%} of the worker's CPU"
+              if p.get("metrics_cpu_share") is not None else "")
+    return (f"[bench] profile pipeline/{p['workload']}: {p['samples']} samples, {shares}{'; ' if shares else ''}"
+            f"metrics {p['metrics_share']:.1%}, logging {p['logging_share']:.1%} of Python time; top: "
+            f"{', '.join(f for f, _ in p['top_self'][:3])}")
 
 
 def engine_floor(run_dir: Path, bootstrap: str) -> float | None:

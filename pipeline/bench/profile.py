@@ -4,9 +4,13 @@ The goal "metrics and logging cost <= 5% of CPU" is a share of CPU, which a prof
 a stopwatch cannot: the harness reruns the pipeline on the batched workload with py-spy attached
 (sampling from outside at 250 Hz, ``--nonblocking``, from the first record to the last commit) and counts the
 samples whose stack passes through ``prometheus_client``, ``pipeline/metrics.py`` or ``logging``.
-Only stacks holding the GIL are sampled (``--gil``): metrics and logging code always holds it, while
-the engine's native work and threads blocked in librdkafka do not, so the share is of Python CPU time,
-an upper bound of the share of all CPU (the conservative reading of the goal).
+Only stacks holding the GIL are sampled (``--gil``): metrics and logging code always holds it, so
+those samples / 250 Hz are the seconds it ran. Divided by the worker's CPU seconds over the same
+window (the run is the production topology: the worker writing over HTTP to the engine in its own
+process, so the engine's CPU is not in the denominator), that is the goal's share of CPU. The share
+of all samples (of Python time only) is reported beside it: it used to be the judged number, a
+fair upper bound while Python did most of the work, but with the native decoder doing the records'
+work outside the GIL it counts a few samples of per-batch counter updates against very little.
 That run's speed is not reported (a sampler slows its target a little); the throughput table comes
 from the runs without it. ``analyse`` is pure: collapsed stacks in, shares and top frames out.
 """
@@ -24,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+RATE_HZ = 250
 METRICS = ("/prometheus_client/", "/pipeline/metrics.py")
 LOGGING = ("/logging/",)
 OWN = "/pipeline/"
@@ -35,8 +40,13 @@ class Profile:
     """Shares of the sampled CPU time and the heaviest frames."""
 
     samples: int = 0
-    metrics_share: float | None = None
+    metrics_share: float | None = None  # of all samples (Python time)
     logging_share: float | None = None
+    metrics_samples: int = 0
+    logging_samples: int = 0
+    worker_cpu_s: float | None = None  # the worker's CPU seconds over the sampled window
+    metrics_cpu_share: float | None = None  # of the worker's CPU (see the module docstring)
+    logging_cpu_share: float | None = None
     top_self: list[tuple[str, float]] = field(default_factory=list)  # leaf frames
     top_pipeline: list[tuple[str, float]] = field(default_factory=list)  # pipeline functions, inclusive
     # (without the entry points under every stack: the CLI, the worker's main loop)
@@ -44,6 +54,14 @@ class Profile:
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def of_cpu(self, worker_cpu_s: float | None) -> Profile:
+        """The metrics and logging shares of the worker's CPU over the window (None without it)."""
+        self.worker_cpu_s = worker_cpu_s
+        if worker_cpu_s:
+            self.metrics_cpu_share = round(self.metrics_samples / RATE_HZ / worker_cpu_s, 4)
+            self.logging_cpu_share = round(self.logging_samples / RATE_HZ / worker_cpu_s, 4)
+        return self
 
 
 def spy_binary() -> str | None:
@@ -57,7 +75,7 @@ def start(pid: int, out: Path) -> subprocess.Popen | None:
     binary = spy_binary()
     if binary is None:
         return None
-    cmd = [binary, "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--full-filenames",
+    cmd = [binary, "record", "--pid", str(pid), "--rate", str(RATE_HZ), "--format", "raw", "--full-filenames",
            "--nolineno", "--nonblocking", "--gil", "--output", str(out)]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
@@ -111,9 +129,9 @@ def analyse(collapsed: str, top: int = 10) -> Profile:
             own[_short(f)] += count
     if total == 0:
         return Profile(note="no samples")
-    return Profile(total, round(metrics / total, 4), round(logging / total, 4),
-                   [(f, round(n / total, 4)) for f, n in leaf.most_common(top)],
-                   [(f, round(n / total, 4)) for f, n in own.most_common() if n < 0.95 * total][:top])
+    return Profile(total, round(metrics / total, 4), round(logging / total, 4), metrics, logging,
+                   top_self=[(f, round(n / total, 4)) for f, n in leaf.most_common(top)],
+                   top_pipeline=[(f, round(n / total, 4)) for f, n in own.most_common() if n < 0.95 * total][:top])
 
 
 def read(out: Path) -> Profile:

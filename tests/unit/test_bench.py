@@ -308,6 +308,16 @@ def test_profile_shares_count_stacks_through_metrics_and_logging() -> None:
     assert p.top_self[0] == ("insert (clickhouse_connect/c.py)", 0.5)
     assert p.top_pipeline == [("flush (pipeline/processor.py)", 0.8)]  # the root under every stack left out
     assert analyse("").note == "no samples"
+    # of the worker's CPU: 3 samples at 250 Hz = 12 ms of metrics in 0.6 CPU-s = 2%; 2 of logging = 1.33%
+    p.of_cpu(0.6)
+    assert (p.metrics_cpu_share, p.logging_cpu_share) == (0.02, 0.0133)
+    doc = results_doc(70_000.0, 20_000.0)
+    doc["profile"] = {"workload": "b", **p.as_json()}
+    goal = {g["goal"]: g for g in report.goals(doc)}["metrics and logging cost"]
+    assert goal["value"] == 0.0333 and goal["met"] is True  # judged on the CPU share, not the 50% of Python time
+    assert "metrics 2.0% and logging 1.3% of the worker's 0.60 CPU-s" in goal["why"] and "metrics 30.0%" in goal["why"]
+    old = {k: v for k, v in doc["profile"].items() if "cpu" not in k}  # a results file from before: Python share
+    assert {g["goal"]: g for g in report.goals({**doc, "profile": old})}["metrics and logging cost"]["met"] is False
 
 
 def test_render_recomputes_the_derived_parts_of_a_results_file(tmp_path: Path) -> None:
