@@ -50,10 +50,17 @@ static const int STRING_OF[N_FIELDS] = {-1, S_IFACE, -1, S_IP, -1, -1, S_REGION,
 static const Py_ssize_t MIN_LEN[N_STRINGS] = {1, 0, 1, 1, 1, 0};
 static const Py_ssize_t MAX_LEN[N_STRINGS] = {128, 64, 32, 32, 64, 2048};
 
+/* What to store of the exit IP (IMTEL_PII_MODE): done here only for a dotted-quad IPv4 address in
+ * ``prefix`` and ``drop`` mode; every other value (IPv6, garbage, all values in ``hash`` mode) is
+ * flagged for ``privacy.minimise_column``. */
+enum { NET_NONE, NET_PREFIX, NET_DROP };
+
 typedef struct {
     PyObject_HEAD
     Buf time, app, latency, code;            /* int64, uint32, uint32, int32 */
     Buf offsets[N_STRINGS], data[N_STRINGS]; /* int32 offsets (n + 1), UTF-8 bytes */
+    Buf net_offsets, net_data, net_done;     /* the minimised address; uint8 1 = done here */
+    int net_mode;
     Py_ssize_t rows;
 } LogColumns;
 
@@ -170,6 +177,24 @@ static const char *object(const char *p, const char *end, int newline_ok, Record
     return p + 1;
 }
 
+/* The length of ``a.b.c.`` when the text is a dotted quad as ``inet_pton`` takes it (four decimal
+ * octets 0-255 without leading zeros, nothing else: ``privacy.IPV4_RE2``), else -1. */
+static Py_ssize_t v4_head(const char *s, Py_ssize_t n) {
+    Py_ssize_t i = 0, head = -1;
+    for (int part = 0; part < 4; part++) {
+        Py_ssize_t start = i;
+        int value = 0;
+        while (i < n && s[i] >= '0' && s[i] <= '9' && i - start < 3) value = value * 10 + (s[i++] - '0');
+        if (i == start || (i - start > 1 && s[start] == '0') || value > 255) return -1;
+        if (part < 3) {
+            if (i >= n || s[i] != '.') return -1;
+            i++;
+            if (part == 2) head = i;
+        }
+    }
+    return i == n ? head : -1;
+}
+
 /* 0, or -1 out of memory, or -2 a string column would pass 2 GiB (Arrow's int32 offsets). */
 static int append(LogColumns *c, const Record *r) {
     int64_t t = r->ints[F_TIME];
@@ -184,23 +209,33 @@ static int append(LogColumns *c, const Record *r) {
         int32_t end = (int32_t)c->data[i].len;
         if (buf_put(&c->offsets[i], &end, 4) < 0) return -1;
     }
+    Py_ssize_t head = c->net_mode == NET_NONE ? -1 : v4_head(r->s[S_IP], r->n[S_IP]);
+    uint8_t done = head >= 0;
+    if (done && c->net_mode == NET_PREFIX &&
+        (buf_put(&c->net_data, r->s[S_IP], head) < 0 || buf_put(&c->net_data, "0/24", 4) < 0))
+        return -1;
+    if (c->net_data.len > INT32_MAX) return -2;
+    int32_t net_end = (int32_t)c->net_data.len;
+    if (buf_put(&c->net_offsets, &net_end, 4) < 0 || buf_put(&c->net_done, &done, 1) < 0) return -1;
     c->rows++;
     return 0;
 }
 
 typedef struct {
-    Py_ssize_t time, app, latency, code, offsets[N_STRINGS], data[N_STRINGS], rows;
+    Py_ssize_t time, app, latency, code, offsets[N_STRINGS], data[N_STRINGS], net_offsets, net_data, net_done, rows;
 } Mark;
 
 static void mark(LogColumns *c, Mark *m) {
     m->time = c->time.len, m->app = c->app.len, m->latency = c->latency.len, m->code = c->code.len;
     for (int i = 0; i < N_STRINGS; i++) m->offsets[i] = c->offsets[i].len, m->data[i] = c->data[i].len;
+    m->net_offsets = c->net_offsets.len, m->net_data = c->net_data.len, m->net_done = c->net_done.len;
     m->rows = c->rows;
 }
 
 static void rollback(LogColumns *c, const Mark *m) {
     c->time.len = m->time, c->app.len = m->app, c->latency.len = m->latency, c->code.len = m->code;
     for (int i = 0; i < N_STRINGS; i++) c->offsets[i].len = m->offsets[i], c->data[i].len = m->data[i];
+    c->net_offsets.len = m->net_offsets, c->net_data.len = m->net_data, c->net_done.len = m->net_done;
     c->rows = m->rows;
 }
 
@@ -276,6 +311,20 @@ static PyObject *LogColumns_add(LogColumns *self, PyObject *arg) {
 
 static PyObject *bytes_of(Buf *b) { return PyBytes_FromStringAndSize(b->p ? b->p : "", b->len); }
 
+/* Empty columns (capacity kept): offsets start with a 0. */
+static int reset(LogColumns *c) {
+    int32_t zero = 0;
+    c->time.len = c->app.len = c->latency.len = c->code.len = 0;
+    for (int i = 0; i < N_STRINGS; i++) {
+        c->data[i].len = c->offsets[i].len = 0;
+        if (buf_put(&c->offsets[i], &zero, 4) < 0) return -1;
+    }
+    c->net_data.len = c->net_offsets.len = c->net_done.len = 0;
+    if (buf_put(&c->net_offsets, &zero, 4) < 0) return -1;
+    c->rows = 0;
+    return 0;
+}
+
 static PyObject *LogColumns_take(LogColumns *self, PyObject *Py_UNUSED(ignored)) {
     PyObject *strings = PyTuple_New(N_STRINGS);
     if (!strings) return NULL;
@@ -287,33 +336,25 @@ static PyObject *LogColumns_take(LogColumns *self, PyObject *Py_UNUSED(ignored))
         }
         PyTuple_SET_ITEM(strings, i, pair);
     }
-    PyObject *out = Py_BuildValue("(nNNNNN)", self->rows, bytes_of(&self->time), bytes_of(&self->app),
-                                  bytes_of(&self->latency), bytes_of(&self->code), strings);
+    PyObject *out = Py_BuildValue("(nNNNNN(NNN))", self->rows, bytes_of(&self->time), bytes_of(&self->app),
+                                  bytes_of(&self->latency), bytes_of(&self->code), strings,
+                                  bytes_of(&self->net_offsets), bytes_of(&self->net_data), bytes_of(&self->net_done));
     if (!out) return NULL;
-    self->time.len = self->app.len = self->latency.len = self->code.len = 0;
-    for (int i = 0; i < N_STRINGS; i++) {
-        self->data[i].len = 0;
-        self->offsets[i].len = 0;
-        int32_t zero = 0;
-        if (buf_put(&self->offsets[i], &zero, 4) < 0) {
-            Py_DECREF(out);
-            return PyErr_NoMemory();
-        }
+    if (reset(self) < 0) {
+        Py_DECREF(out);
+        return PyErr_NoMemory();
     }
-    self->rows = 0;
     return out;
 }
 
 static int LogColumns_init(LogColumns *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "", kwlist)) return -1;
-    for (int i = 0; i < N_STRINGS; i++) {
-        self->offsets[i].len = 0;
-        int32_t zero = 0;
-        if (buf_put(&self->offsets[i], &zero, 4) < 0) {
-            PyErr_NoMemory();
-            return -1;
-        }
+    static char *kwlist[] = {"pii_mode", NULL};
+    const char *mode = "";
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|s", kwlist, &mode)) return -1;
+    self->net_mode = strcmp(mode, "prefix") == 0 ? NET_PREFIX : strcmp(mode, "drop") == 0 ? NET_DROP : NET_NONE;
+    if (reset(self) < 0) {
+        PyErr_NoMemory();
+        return -1;
     }
     return 0;
 }
@@ -322,6 +363,7 @@ static void LogColumns_dealloc(LogColumns *self) {
     PyMem_RawFree(self->time.p), PyMem_RawFree(self->app.p), PyMem_RawFree(self->latency.p);
     PyMem_RawFree(self->code.p);
     for (int i = 0; i < N_STRINGS; i++) PyMem_RawFree(self->offsets[i].p), PyMem_RawFree(self->data[i].p);
+    PyMem_RawFree(self->net_offsets.p), PyMem_RawFree(self->net_data.p), PyMem_RawFree(self->net_done.p);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -333,7 +375,8 @@ static PyMethodDef LogColumns_methods[] = {
      "when the message is not one this parser takes."},
     {"take", (PyCFunction)LogColumns_take, METH_NOARGS,
      "take() -> (rows, request_time int64, sdk_app_id uint32, latency_ms uint32, error_code int32, "
-     "((offsets int32, data) for interface, client_ip, region, platform, request_id, exception)); then empty."},
+     "((offsets int32, data) for interface, client_ip, region, platform, request_id, exception), "
+     "(client_net offsets int32, data, done uint8)); then empty."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -346,7 +389,8 @@ static PyTypeObject LogColumnsType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pipeline._fastlog.LogColumns",
     .tp_basicsize = sizeof(LogColumns),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Request-log messages appended as Arrow column buffers (see the module docstring).",
+    .tp_doc = "LogColumns(pii_mode=''): request-log messages appended as Arrow column buffers (see the module "
+              "docstring); with pii_mode 'prefix' or 'drop', dotted-quad IPv4 addresses are minimised too.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)LogColumns_init,
     .tp_dealloc = (destructor)LogColumns_dealloc,

@@ -41,6 +41,8 @@ class Columns:
     platform: pa.Array
     request_id: pa.Array
     exception: pa.Array  # "" where the record had none (as the msgspec path stores it)
+    client_net: pa.Array  # the minimised address where ``net_done``, else ""
+    net_done: np.ndarray  # bool: a dotted-quad IPv4 address minimised natively (prefix / drop mode)
 
     def __len__(self) -> int:
         return len(self.request_time)
@@ -48,19 +50,22 @@ class Columns:
     def filter(self, mask: np.ndarray) -> Columns:
         """The rows where ``mask`` is true."""
         keep = pa.array(mask)
-        return Columns(self.request_time[mask], *(getattr(self, f).filter(keep) for f in _ARROW_FIELDS))
+        return Columns(request_time=self.request_time[mask], net_done=self.net_done[mask],
+                       **{f: getattr(self, f).filter(keep) for f in _ARROW_FIELDS})
 
 
-_ARROW_FIELDS = ("sdk_app_id", "latency_ms", "error_code", *STRING_COLUMNS)
+_ARROW_FIELDS = ("sdk_app_id", "latency_ms", "error_code", *STRING_COLUMNS, "client_net")
 
 
 class ColumnDecoder:
     """Appends request-log messages as columns; ``take`` returns and clears what was appended."""
 
-    def __init__(self) -> None:
+    def __init__(self, pii_mode: str = "") -> None:
+        """``pii_mode`` (``prefix``/``drop``): minimise dotted-quad IPv4 addresses on the way, the
+        same text ``privacy.prefix``/``drop`` give; other modes leave ``client_net`` to the caller."""
         if LogColumns is None:
             raise RuntimeError("the native request-log decoder is not built")
-        self._native = LogColumns()
+        self._native = LogColumns(pii_mode)
         self.add = self._native.add  # add(message: bytes) -> records appended, or -1 (none: not taken)
 
     @property
@@ -68,9 +73,14 @@ class ColumnDecoder:
         return int(self._native.rows)
 
     def take(self) -> Columns:
-        rows, times, apps, latencies, codes, strings = self._native.take()
-        texts = [pa.Array.from_buffers(pa.string(), rows, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
-                 for offsets, data in strings]
-        return Columns(np.frombuffer(times, np.int64), pa.array(np.frombuffer(apps, np.uint32)),
-                       pa.array(np.frombuffer(latencies, np.uint32)), pa.array(np.frombuffer(codes, np.int32)),
-                       *texts)
+        rows, times, apps, latencies, codes, strings, (net_offsets, net_data, net_done) = self._native.take()
+        texts = {name: _text(rows, offsets, data) for name, (offsets, data) in zip(STRING_COLUMNS, strings,
+                                                                                 strict=True)}
+        return Columns(request_time=np.frombuffer(times, np.int64), sdk_app_id=pa.array(np.frombuffer(apps, np.uint32)),
+                       latency_ms=pa.array(np.frombuffer(latencies, np.uint32)),
+                       error_code=pa.array(np.frombuffer(codes, np.int32)), **texts,
+                       client_net=_text(rows, net_offsets, net_data), net_done=np.frombuffer(net_done, np.bool_))
+
+
+def _text(rows: int, offsets: bytes, data: bytes) -> pa.Array:
+    return pa.Array.from_buffers(pa.string(), rows, [None, pa.py_buffer(offsets), pa.py_buffer(data)])

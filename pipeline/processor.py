@@ -80,7 +80,8 @@ class Processor:
         self.logs_fast: Decoder[Any] = Decoder(LooseRequestLog)  # type: ignore[type-var]
         self.samples_fast: Decoder[Any] = Decoder(LooseMonitoringSample)  # type: ignore[type-var]
         # request logs go to the native decoder first, when built and enabled (see ``fastlog``)
-        self.native = fastlog.ColumnDecoder() if settings.native_decoder and fastlog.available else None
+        self.native = (fastlog.ColumnDecoder(settings.pii_mode) if settings.native_decoder and fastlog.available
+                       else None)
         self.max_age_ms = {settings.topic_request_logs: policy.log_data_days * DAY_MS,
                            settings.topic_monitoring_samples: policy.monitoring_data_days * DAY_MS}
         # the unit the tables' TTLs truncate event times to (001: toDate, 002/003: toStartOfHour)
@@ -189,7 +190,11 @@ class Processor:
         bad = (times < oldest) | (times > now_ms + self.skew_ms)
         if pc.all(pc.match_substring_regex(pc.unique(cols.interface), INTERFACE_PATTERN_RE2)).as_py() is False:
             bad |= ~pc.match_substring_regex(cols.interface, INTERFACE_PATTERN_RE2).to_numpy(zero_copy_only=False)
-        nets = minimise_column(cols.client_ip, self.settings.pii_mode, self.minimise)
+        nets = cols.client_net
+        if not cols.net_done.all():  # IPv6, other text, or hash mode: as without the native decoder
+            rest = pa.array(~cols.net_done)
+            nets = pc.replace_with_mask(nets, rest, minimise_column(cols.client_ip.filter(rest),
+                                                                    self.settings.pii_mode, self.minimise))
         if nets.null_count:
             bad |= nets.is_null().to_numpy(zero_copy_only=False)
         partitions, offsets, indices = taken.coordinates()
