@@ -6,7 +6,7 @@
  * all of it, was the pipeline's bottleneck. Here a message costs one call and no Python objects.
  *
  * It accepts a strict subset of what ``records.LooseRequestLog`` accepts and yields exactly the same
- * values; anything else (escapes or non-ASCII in a string, a number with a fraction or exponent, an
+ * values; anything else (an escape in a string, malformed UTF-8, a number with a fraction or exponent, an
  * unknown or repeated key, a missing field, a value out of range, odd whitespace between NDJSON lines)
  * makes ``add`` return -1 with nothing added, and the caller decodes that message with msgspec as
  * before, which also names the reason of an invalid record. tests/unit/test_fastlog.py holds the two
@@ -45,7 +45,7 @@ enum { F_APP, F_IFACE, F_TIME, F_IP, F_LATENCY, F_CODE, F_REGION, F_PLATFORM, F_
 enum { S_IFACE, S_IP, S_REGION, S_PLATFORM, S_REQID, S_EXC, N_STRINGS };
 static const char *const NAMES[N_FIELDS] = {"sdk_app_id", "interface", "request_time", "client_ip", "latency_ms",
                                             "error_code", "region", "platform", "request_id", "exception"};
-/* string fields: which string column, and the length bounds of records.py (ASCII: bytes = characters) */
+/* string fields: which string column, and the length bounds of records.py (in code points) */
 static const int STRING_OF[N_FIELDS] = {-1, S_IFACE, -1, S_IP, -1, -1, S_REGION, S_PLATFORM, S_REQID, S_EXC};
 static const Py_ssize_t MIN_LEN[N_STRINGS] = {1, 0, 1, 1, 1, 0};
 static const Py_ssize_t MAX_LEN[N_STRINGS] = {128, 64, 32, 32, 64, 2048};
@@ -76,19 +76,51 @@ static const char *skip_ws(const char *p, const char *end, int newline_ok) {
     return p;
 }
 
-/* A string without escapes or non-ASCII bytes: returns the byte after the closing quote, or NULL. */
-static const char *plain_string(const char *p, const char *end, const char **s, Py_ssize_t *n) {
+/* The length of the well-formed UTF-8 sequence at p (RFC 3629: no overlong forms, no surrogates,
+ * nothing past U+10FFFF), or 0. What msgspec and Python's strict decoder accept, and no more. */
+static int utf8_sequence(const unsigned char *p, const unsigned char *end) {
+    unsigned char c = p[0];
+    int n;
+    unsigned char lo = 0x80, hi = 0xBF; /* the allowed range of the second byte */
+    if (c >= 0xC2 && c <= 0xDF) n = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3;
+        if (c == 0xE0) lo = 0xA0;
+        if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4;
+        if (c == 0xF0) lo = 0x90;
+        if (c == 0xF4) hi = 0x8F;
+    } else return 0;
+    if (end - p < n || p[1] < lo || p[1] > hi) return 0;
+    for (int i = 2; i < n; i++)
+        if (p[i] < 0x80 || p[i] > 0xBF) return 0;
+    return n;
+}
+
+/* A string without escapes, in well-formed UTF-8: returns the byte after the closing quote, or NULL;
+ * ``*chars`` is its length in code points (msgspec's min_length / max_length count those). */
+static const char *plain_string(const char *p, const char *end, const char **s, Py_ssize_t *n, Py_ssize_t *chars) {
     if (p >= end || *p != '"') return NULL;
     const char *start = ++p;
+    Py_ssize_t count = 0;
     while (p < end) {
         unsigned char c = (unsigned char)*p;
         if (c == '"') {
             *s = start;
             *n = p - start;
+            *chars = count;
             return p + 1;
         }
-        if (c == '\\' || c < 0x20 || c >= 0x80) return NULL;
-        p++;
+        if (c == '\\' || c < 0x20) return NULL;
+        if (c >= 0x80) {
+            int len = utf8_sequence((const unsigned char *)p, (const unsigned char *)end);
+            if (!len) return NULL;
+            p += len;
+        } else {
+            p++;
+        }
+        count++;
     }
     return NULL;
 }
@@ -146,8 +178,8 @@ static const char *object(const char *p, const char *end, int newline_ok, Record
     int f = -1;
     for (;;) {
         const char *key;
-        Py_ssize_t key_len;
-        p = plain_string(p, end, &key, &key_len);
+        Py_ssize_t key_len, chars;
+        p = plain_string(p, end, &key, &key_len, &chars);
         if (!p) return NULL;
         f = field_of(key, key_len, f + 1);
         if (f < 0 || (r->seen & (1u << f))) return NULL;
@@ -160,8 +192,8 @@ static const char *object(const char *p, const char *end, int newline_ok, Record
             if (f == F_EXC && end - p >= 4 && memcmp(p, "null", 4) == 0) {
                 p += 4;
             } else {
-                p = plain_string(p, end, &r->s[sc], &r->n[sc]);
-                if (!p || r->n[sc] < MIN_LEN[sc] || r->n[sc] > MAX_LEN[sc]) return NULL;
+                p = plain_string(p, end, &r->s[sc], &r->n[sc], &chars);
+                if (!p || chars < MIN_LEN[sc] || chars > MAX_LEN[sc]) return NULL;
             }
         } else {
             p = integer(p, end, &r->ints[f]);

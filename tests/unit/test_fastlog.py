@@ -75,6 +75,16 @@ def test_takes_what_producers_write(framing: str, count: int) -> None:
                  ) == count
 
 
+@pytest.mark.parametrize("bad", [b"\xff", b"\xc0\xaf", b"\xe0\x80\xaf", b"\xed\xa0\x80", b"\xf4\x90\x80\x80",
+                                 b"\xc3", b"\xe4\xb8", b"\x80"])
+def test_malformed_utf8_is_not_taken(bad: bytes) -> None:
+    """Overlong forms, surrogates, past U+10FFFF, truncated or stray continuation bytes: msgspec
+    refuses them (invalid UTF-8), so the native decoder must not take them."""
+    value = frame([good(0, exception="XX")], "array").replace(b"XX", b"a" + bad + b"b")
+    assert check(value) == -1
+    assert check(frame([good(0, exception="a\u00e9b")], "array")) == 1  # the well-formed neighbour is taken
+
+
 def test_columns_accumulate_over_messages_and_take_empties() -> None:
     native = fastlog.ColumnDecoder()
     assert native.add(frame([good(0), good(1)], "array")) == 2
@@ -101,8 +111,8 @@ def test_refuses_what_it_does_not_handle_and_leaves_nothing(value: bytes) -> Non
     {"request_time": -1}, {"request_time": 253_402_300_800_000}, {"latency_ms": 3_600_001}, {"latency_ms": None},
     {"error_code": 2**31}, {"error_code": -(2**31) - 1}, {"interface": ""}, {"interface": "x" * 129},
     {"region": ""}, {"region": "r" * 33}, {"platform": "p" * 33}, {"request_id": ""}, {"request_id": "q" * 65},
-    {"client_ip": "i" * 65}, {"exception": "e" * 2049}, {"exception": 5}, {"interface": "caf\u00e9"},
-    {"request_id": 'a"b'}, {"extra": 1},
+    {"client_ip": "i" * 65}, {"exception": "e" * 2049}, {"exception": 5}, {"region": "\u4e2d" * 33},
+    {"exception": "\U0001f600" * 2049}, {"request_id": 'a"b'}, {"exception": "line\nbreak"}, {"extra": 1},
 ])
 def test_a_record_msgspec_refuses_or_may_read_differently_is_not_taken(over: dict[str, Any]) -> None:
     assert check(frame([good(0), good(1, **over)], "array")) == -1
@@ -114,6 +124,8 @@ def test_a_record_msgspec_refuses_or_may_read_differently_is_not_taken(over: dic
     {"interface": "x" * 128}, {"region": "r" * 32}, {"request_id": "q" * 64}, {"client_ip": ""},
     {"client_ip": "i" * 64}, {"exception": "e" * 2048}, {"exception": ""}, {"exception": None},
     {"interface": "has space"},  # the pattern is checked per batch, after decoding (as for msgspec's loose struct)
+    {"interface": "caf\u00e9"}, {"region": "\u4e2d" * 32}, {"exception": "\u6d88\u606f\u5b58\u50a8\u8d85\u65f6"},
+    {"exception": "\U0001f600" * 2048}, {"platform": "\u00e9" * 32},  # lengths count code points, not bytes
 ])
 def test_bounds_are_taken_with_the_same_values(over: dict[str, Any]) -> None:
     assert check(frame([good(0, **over)], "array")) == 1
