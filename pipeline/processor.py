@@ -197,13 +197,14 @@ class Processor:
                                                                     self.settings.pii_mode, self.minimise))
         if nets.null_count:
             bad |= nets.is_null().to_numpy(zero_copy_only=False)
+        runs = list(zip(taken.partitions, taken.offsets, strict=True))  # one run per message taken, in order
+        message_of = np.repeat(np.arange(len(runs)), np.array(taken.counts, np.int64))
         partitions, offsets, indices = taken.coordinates()
         if bad.any():
-            message_of = partitions << 48 | offsets  # offsets stay below 2**48
-            keep = ~np.isin(message_of, np.unique(message_of[bad]))
+            again = np.unique(message_of[bad])
+            keep = ~np.isin(message_of, again)
             taken.source = messages
-            for partition, offset in sorted(set(zip(partitions[~keep].tolist(), offsets[~keep].tolist(),
-                                                    strict=True))):
+            for partition, offset in (runs[i] for i in again.tolist()):
                 self._decode_again(taken.message(topic, partition, offset), topic, partition, offset, chunk)
             cols, nets = cols.filter(keep), nets.filter(pa.array(keep))
             partitions, offsets, indices = partitions[keep], offsets[keep], indices[keep]
