@@ -58,7 +58,10 @@ _ARROW_FIELDS = ("sdk_app_id", "latency_ms", "error_code", *STRING_COLUMNS, "cli
 
 
 class ColumnDecoder:
-    """Appends request-log messages as columns; ``take`` returns and clears what was appended."""
+    """Appends request-log messages as columns; ``take`` returns and clears what was appended.
+
+    One owner: the processor, on the event loop's thread. ``add`` lets go of the GIL while it parses
+    a batch, so two threads sharing one decoder would interleave its buffers."""
 
     def __init__(self, pii_mode: str = "") -> None:
         """``pii_mode`` (``prefix``/``drop``): minimise dotted-quad IPv4 addresses on the way, the
