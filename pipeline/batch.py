@@ -90,7 +90,7 @@ def log_batch(records: Sequence[RequestLog], times: np.ndarray, nets: pa.Array, 
     read per column): the hot path builds one of these per consumed batch, per topic. ``times`` (epoch
     ms) and ``nets`` are the columns the processor already built to apply its rules."""
     return pa.RecordBatch.from_arrays([
-        pa.array(times, pa.int64()).cast(LOG_SCHEMA.field("request_time").type),
+        _event_times(times, LOG_SCHEMA),
         pa.array([r.sdk_app_id for r in records], pa.uint32()), _interface(records, interface),
         pa.array([r.request_id for r in records], pa.string()), nets,
         pa.array([r.latency_ms for r in records], pa.uint32()),
@@ -105,7 +105,7 @@ def columns_batch(cols: Columns, nets: pa.Array, topic_id: str, partitions: np.n
                   indices: np.ndarray) -> pa.RecordBatch:
     """``log_batch`` for rows the native decoder already made columns of (``fastlog``)."""
     return pa.RecordBatch.from_arrays([
-        pa.array(cols.request_time, pa.int64()).cast(LOG_SCHEMA.field("request_time").type), cols.sdk_app_id,
+        _event_times(cols.request_time, LOG_SCHEMA), cols.sdk_app_id,
         cols.interface, cols.request_id, nets, cols.latency_ms, cols.error_code, cols.exception, cols.region,
         cols.platform, *_origin(topic_id, len(cols), partitions, offsets, indices),
     ], schema=_LOG_BODY)
@@ -116,7 +116,7 @@ def sample_batch(records: Sequence[MonitoringSample], times: np.ndarray, topic_i
                  ) -> pa.RecordBatch:
     """Columns of many validated monitoring samples (see ``log_batch``)."""
     return pa.RecordBatch.from_arrays([
-        pa.array(times, pa.int64()).cast(SAMPLE_SCHEMA.field("window_start").type),
+        _event_times(times, SAMPLE_SCHEMA),
         pa.array([r.sdk_app_id for r in records], pa.uint32()), _interface(records, interface),
         pa.array([r.window_seconds for r in records], pa.uint16()),
         pa.array([r.requests for r in records], pa.uint32()), pa.array([r.failures for r in records], pa.uint32()),
@@ -125,6 +125,11 @@ def sample_batch(records: Sequence[MonitoringSample], times: np.ndarray, topic_i
         pa.array([r.reporter for r in records], pa.string()),
         *_origin(topic_id, len(records), partitions, offsets, indices),
     ], schema=_SAMPLE_BODY)
+
+
+def _event_times(times: np.ndarray, schema: pa.Schema) -> pa.Array:
+    """Epoch milliseconds as the schema's first column (the event time, a UTC timestamp)."""
+    return pa.array(times, pa.int64()).cast(schema.field(0).type)
 
 
 def _origin(topic_id: str, n: int, partitions: np.ndarray, offsets: np.ndarray, indices: np.ndarray

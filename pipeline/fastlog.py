@@ -1,7 +1,7 @@
 """The native request-log decoder (``_fastlog.c``) seen from Python: its buffers as Arrow columns.
 
 The hot path hands every request-log message to ``ColumnDecoder.add`` first. The native code takes
-the common case (valid records, plain ASCII strings, integers) straight into column buffers, with
+the common case (valid records, strings without escapes, integers) straight into column buffers, with
 no Python object per record; a message it does not take (returns -1) goes through the msgspec
 decoder as before, so every rule and every dead-letter reason stays where it was. Rows of a taken
 message that a per-batch rule refuses (the ``interface`` pattern, the event-time window, an invalid

@@ -185,11 +185,10 @@ class Processor:
         the other rows are buffered as they are. Returns the rows buffered."""
         assert self.native is not None
         cols = self.native.take()
-        times = cols.request_time
-        oldest = oldest_kept(now_ms, self.max_age_ms[topic], self.ttl_unit_ms[topic])
-        bad = (times < oldest) | (times > now_ms + self.skew_ms)
-        if pc.all(pc.match_substring_regex(pc.unique(cols.interface), INTERFACE_PATTERN_RE2)).as_py() is False:
-            bad |= ~pc.match_substring_regex(cols.interface, INTERFACE_PATTERN_RE2).to_numpy(zero_copy_only=False)
+        bad = self._outside_window(topic, cols.request_time, now_ms)
+        misses = _pattern_misses(cols.interface)
+        if misses is not None:
+            bad |= misses
         nets = cols.client_net
         if not cols.net_done.all():  # IPv6, other text, or hash mode: as without the native decoder
             rest = pa.array(~cols.net_done)
@@ -245,14 +244,13 @@ class Processor:
         """The ``interface`` pattern for the whole chunk at once (RE2, see ``records.loose``). Messages
         with a failing record are decoded again strictly, which dead-letters exactly what it should."""
         iface = interface_column(chunk.records)
-        # interface names repeat (a few hundred distinct): the distinct values are checked, not every row
-        if pc.all(pc.match_substring_regex(pc.unique(iface), INTERFACE_PATTERN_RE2)).as_py() is not False:
+        misses = _pattern_misses(iface)
+        if misses is None:
             chunk.interface = iface
             return
-        ok = pc.match_substring_regex(iface, INTERFACE_PATTERN_RE2)
         partitions, offsets, _ = chunk.coordinates()
         pairs = list(zip(partitions.tolist(), offsets.tolist(), strict=True))
-        again = {pair for pair, good in zip(pairs, ok.to_pylist(), strict=True) if not good}
+        again = {pair for pair, miss in zip(pairs, misses.tolist(), strict=True) if miss}
         chunk.keep(np.array([pair not in again for pair in pairs], dtype=bool))
         for partition, offset in sorted(again):
             msg = chunk.message(topic, partition, offset)
@@ -264,8 +262,7 @@ class Processor:
         records = chunk.records
         times = np.array([r.request_time for r in records] if is_logs else [r.window_start for r in records],
                          np.int64)
-        oldest = oldest_kept(now_ms, self.max_age_ms[topic], self.ttl_unit_ms[topic])
-        bad = (times < oldest) | (times > now_ms + self.skew_ms)
+        bad = self._outside_window(topic, times, now_ms)
         nets: pa.Array | None = None
         if is_logs:
             nets = minimise_column([r.client_ip for r in records], self.settings.pii_mode,
@@ -290,6 +287,13 @@ class Processor:
         else:
             self.buffer.add_samples(sample_batch(chunk.records, times, topic_id, partitions, offsets, indices,
                                                  chunk.interface))
+
+    def _outside_window(self, topic: str, times: np.ndarray, now_ms: int) -> np.ndarray:
+        """Rows whose event time (epoch ms) is past the table's TTL or too far ahead (``time_reason``
+        names which, per row, when they are dead-lettered)."""
+        oldest = oldest_kept(now_ms, self.max_age_ms[topic], self.ttl_unit_ms[topic])
+        out: np.ndarray = (times < oldest) | (times > now_ms + self.skew_ms)
+        return out
 
     def _reject_rows(self, topic: str, chunk: _Chunk, bad: np.ndarray, times: np.ndarray, now_ms: int,
                      nets: pa.Array | None) -> pa.Array | None:
@@ -481,6 +485,16 @@ class Processor:
         dropped = len(self.buffer)
         self.buffer = Buffer()
         return dropped
+
+
+def _pattern_misses(iface: pa.Array) -> np.ndarray | None:
+    """Rows whose ``interface`` fails the pattern (RE2, see ``records.loose``), or None when all pass.
+    Interface names repeat (a few hundred distinct): the distinct values are checked first, every
+    row only when one of them fails."""
+    if pc.all(pc.match_substring_regex(pc.unique(iface), INTERFACE_PATTERN_RE2)).as_py() is not False:
+        return None
+    misses: np.ndarray = ~pc.match_substring_regex(iface, INTERFACE_PATTERN_RE2).to_numpy(zero_copy_only=False)
+    return misses
 
 
 class _Chunk:
