@@ -197,8 +197,12 @@ def run(o: Options) -> dict[str, Any]:
         _broker_share(row, broker_cpu)
     results["versions"] = _versions(o)
     results["elapsed_s"] = round(time.monotonic() - t0, 1)
-    results["ratios"] = report.ratios(results)
-    results["goals"] = report.goals(results)
+    return _derive(results)
+
+
+def _derive(results: dict[str, Any]) -> dict[str, Any]:
+    """The parts computed from the measurements: ratios, goals, capacity, ceiling."""
+    results["ratios"], results["goals"] = report.ratios(results), report.goals(results)
     results["capacity"] = report.capacity(results)
     results["ceiling"] = {w: report.ceiling(results, w) for w in sorted(results["workloads"])}
     return results
@@ -355,14 +359,11 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def rerender(path: Path) -> dict[str, Any]:
-    """A results file with its derived parts (ratios, goals, capacity) recomputed by this version."""
+    """A results file with its derived parts (``_derive``) recomputed by this version."""
     import json
 
     try:
         results = dict(json.loads(path.read_text()))
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read results file {path}: {exc}") from None
-    results["ratios"], results["goals"] = report.ratios(results), report.goals(results)
-    results["capacity"] = report.capacity(results)
-    results["ceiling"] = {w: report.ceiling(results, w) for w in sorted(results["workloads"])}
-    return results
+    return _derive(results)

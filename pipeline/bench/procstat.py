@@ -13,9 +13,11 @@ import itertools
 import os
 import signal
 import subprocess
-import threading
 import time
 from dataclasses import dataclass
+from typing import Self
+
+from .sampler import Sampler
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -42,34 +44,21 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-class CpuMeter:
+class CpuMeter(Sampler):
     """CPU seconds of one long-lived process (the bench's broker), sampled every ``interval`` seconds
     on a daemon thread, so that its cost inside any contender's window can be read once the window is
     known (windows are reported by the contenders after the fact)."""
 
     def __init__(self, pid: int, interval: float = 0.1) -> None:
-        self.pid, self.interval = pid, interval
-        self.samples: list[tuple[float, float]] = []  # (epoch seconds, CPU seconds so far)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bench-cpu-meter", daemon=True)
+        super().__init__(interval, "bench-cpu-meter")
+        self.pid = pid
 
-    def start(self) -> CpuMeter:
-        self._sample()
-        self._thread.start()
-        return self
+    def measure(self) -> float | None:
+        return cpu_seconds(self.pid)
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _sample(self) -> None:
-        cpu = cpu_seconds(self.pid)
-        if cpu is not None:
-            self.samples.append((time.time(), cpu))
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
+    def start(self) -> Self:
+        self.sample()  # a sample at the start: every later window lies after it
+        return super().start()
 
     def between(self, start: float, end: float) -> float | None:
         """CPU seconds the process used within ``[start, end]`` (epoch seconds)."""

@@ -15,10 +15,11 @@ window. The probe costs ~1% of one core.
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 
 import msgspec
+
+from .sampler import Sampler
 
 SLOW_FACTOR = 1.5  # a window whose probe median is this much slower than the run's best gets a caution
 
@@ -57,27 +58,15 @@ def cpu_calibration_ms() -> float:
     return round(best * 1000, 2)
 
 
-class SpeedProbe:
+class SpeedProbe(Sampler):
     """Runs ``task_ms`` every ``interval`` seconds on a daemon thread until ``stop``."""
 
     def __init__(self, interval: float = 0.5) -> None:
-        self.interval = interval
+        super().__init__(interval, "bench-speed-probe")
         self.baseline = min(task_ms() for _ in range(9))  # before any contender started
-        self.samples: list[tuple[float, float]] = []  # (epoch seconds, task ms)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bench-speed-probe", daemon=True)
 
-    def start(self) -> SpeedProbe:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.samples.append((time.time(), task_ms()))
+    def measure(self) -> float:
+        return task_ms()
 
     def best(self) -> float:
         """The fastest the task ran so far (the reference of ``factor``)."""
