@@ -22,7 +22,9 @@ from pipeline.metrics import Metrics
 ROOT = Path(__file__).resolve().parents[2]
 PROVISIONING = ROOT / "grafana" / "provisioning"
 UIDS = {"imtel-api-overview", "imtel-app-drilldown", "imtel-pipeline-health", "imtel-data-retention"}
-END = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+# The run's clock, floored to the minute: the seeded rows sit in TTL'd tables (Monitoring Data is kept
+# 2 days), so a fixed date would make the engine drop them and every panel query come back empty.
+END = datetime.now(UTC).replace(second=0, microsecond=0)
 START = END - timedelta(hours=3)
 APPS = ("1400000001", "1400000002")
 
@@ -263,8 +265,7 @@ def chdb(tmp_path_factory):
         f"(fromUnixTimestamp64Milli({t0 * 1000}), 'request_logs', 't1', 0, 7, 0, 'schema', "
         "'latency_ms: not an integer', 120, 1)"
     )
-    # A terminated app: its TTL (termination + 60 days) is in the future. (An active app's TTL,
-    # coalesce(terminated_at, 2106-01-01) + 60 days, overflows DateTime in 005_applications.sql today.)
+    # A terminated app: its TTL (termination + 60 days) is in the future.
     client.command(
         "INSERT INTO imtel.applications (sdk_app_id, name, status, created_at, terminated_at) VALUES "
         f"({APPS[0]}, 'Demo chat', 'terminated', now() - INTERVAL 10 DAY, now())"
