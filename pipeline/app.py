@@ -84,15 +84,17 @@ def build(settings: Settings, metrics: Metrics | None = None, policy: Policy | N
                                     timeout=settings.clickhouse_timeout_seconds),
                             settings.clickhouse_database, metrics,
                             insert_settings=INSERT_SETTINGS if settings.clickhouse_cluster else None)
-    dlq = KafkaDeadLetters(settings.kafka_config(), settings.topic_dead_letters)
+    dlq = KafkaDeadLetters(settings.kafka_config(), settings.topic_dead_letters,
+                           max_payload=settings.dead_letter_max_bytes, max_message_bytes=settings.max_message_bytes)
     processor = Processor(settings, store, dlq, metrics, policy)
 
-    async def deliver(messages: list[Any]) -> None:
-        """Buffer one batch (decode, validate, minimise) on the event loop, between two polls.
+    async def deliver(messages: list[Any]) -> int:
+        """Buffer a prefix of one batch (decode, validate, minimise) on the event loop, between two polls;
+        returns how many messages were taken (see ``Processor.process``).
 
         Not through a faust channel: faust pauses and clears its channels whenever its own consumer
         group (the registry agent's) rebalances, which would silently drop a batch."""
-        processor.process(messages)
+        return processor.process(messages)
 
     # Started by the Worker next to the app (cli.run_worker), not as an app service: faust starts
     # app services only after its own consumer group settled, which must not gate ingestion.
@@ -165,9 +167,12 @@ def _register_web(app: faust.App, p: Pipeline) -> None:
     class Ready(View):
         async def get(self, request: Request) -> Response:
             ch = await asyncio.get_running_loop().run_in_executor(None, p.store.ping)
-            ok = bool(p.source.ready and p.source.assignment and ch)
-            return self.json({"ready": ok, "partitions": len(p.source.assignment), "clickhouse": ch},
-                             status=200 if ok else 503)
+            stalled = p.source.stalled()  # a write failing for over IMTEL_WRITE_STALL_SECONDS, named
+            ok = bool(p.source.ready and p.source.assignment and ch and stalled is None)
+            body: dict[str, Any] = {"ready": ok, "partitions": len(p.source.assignment), "clickhouse": ch}
+            if stalled is not None:
+                body["cause"] = stalled
+            return self.json(body, status=200 if ok else 503)
 
     @app.page("/queries/{name}")
     class Query(View):

@@ -14,7 +14,8 @@ policy allows, or nobody can tell: the audit fails). What is checked:
   merges, at most ``merge_with_ttl_timeout`` = 1 h apart) is a violation.
 - **topics**: ``cleanup.policy`` must delete, and ``retention.ms`` + ``segment.ms`` + the broker's
   retention check must stay within the limit of what the topic carries (the dead-letter topic: the
-  shortest category, as it keeps raw payloads). A config the broker does not report means "broker
+  shortest category, as it keeps raw payloads), and so must the oldest record each topic still stores
+  (the timestamp of the record at each partition's start). A config the broker does not report means "broker
   default": a real Kafka reports every effective value, the bundled broker only what a topic was
   created with, so an absent ``retention.ms`` is a violation (Kafka's default is 7 days, the bundled
   broker's is forever), never an ok.
@@ -145,11 +146,13 @@ def _app_facts(store: Any, tables: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def topic_facts(settings: Any, specs: list[TopicSpec]) -> dict[str, Any]:
-    """Topic -> the configs the broker reports (None: missing); ``{"error": ...}`` when unreachable."""
-    from .topics import describe_topics
+    """Topic -> the configs the broker reports (None: missing), and the age of the oldest record each
+    topic still stores; ``{"error": ...}`` when unreachable."""
+    from .topics import describe_topics, oldest_record_ages
 
     try:
-        return {"configs": describe_topics(settings, [s.name for s in specs])}
+        configs = describe_topics(settings, [s.name for s in specs])
+        return {"configs": configs, "oldest_age_s": oldest_record_ages(settings, [n for n, c in configs.items() if c])}
     except Exception as exc:  # any client failure: the topics are unknown, which the audit reports
         return {"error": str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}
 
@@ -227,16 +230,23 @@ def evaluate_topics(facts: dict[str, Any], specs: list[TopicSpec], policy: Polic
             checks.append(Check("topic", spec.name, policy_text, "unknown", "-", VIOLATION,
                                 f"{spec.name}: cannot read its configs ({facts['error']})", limit // 1000))
             continue
-        checks.append(_topic_check(spec, facts["configs"].get(spec.name), limit, policy, policy_text))
+        age = (facts.get("oldest_age_s") or {}).get(spec.name)
+        checks.append(_topic_check(spec, facts["configs"].get(spec.name), limit, policy, policy_text, age))
     return checks
 
 
 def _topic_check(spec: TopicSpec, config: dict[str, str] | None, limit_ms: int, policy: Policy,
-                 policy_text: str) -> Check:
+                 policy_text: str, age: float | None = None) -> Check:
+    """A topic's configs against its limit, then what it really stores: configs prove what the broker
+    was told, the oldest record's timestamp proves that it deleted (a broker whose retention check
+    never runs, or a config that is not applied, shows up only here)."""
     name, actual, status, detail = spec.name, "missing", DRIFT, f"{spec.name}: topic does not exist (imtel topics)"
     if config is not None:
         actual, status, detail = _topic_status(spec, config, limit_ms, policy)
-    return Check("topic", name, policy_text, actual, "-", status, detail, limit_ms // 1000)
+    if age is not None and age * 1000 > limit_ms and status != VIOLATION:
+        status, detail = VIOLATION, (f"{name}: its oldest record is {human(age)} old, policy allows "
+                                     f"{human(limit_ms / 1000)}: the broker is not deleting it")
+    return Check("topic", name, policy_text, actual, human(age), status, detail, limit_ms // 1000, age)
 
 
 def _topic_status(spec: TopicSpec, config: dict[str, str], limit_ms: int, policy: Policy) -> tuple[str, str, str]:

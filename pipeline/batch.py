@@ -61,6 +61,7 @@ class DeadLetter:
     detail: str
     raw: bytes
     key: bytes | None
+    message: bytes | None = None  # the whole original message value (a reference: see ``limits.plan_letters``)
 
 
 def new_batch_id() -> int:
@@ -168,6 +169,8 @@ class Buffer:
     bad_rows: dict[str, list[int]] = field(default_factory=dict)  # rows refused as bad data so far
     reject_codes: dict[int, int | None] = field(default_factory=dict)
     rejected: list[DeadLetter] = field(default_factory=list)  # rows ClickHouse refused (bad data)
+    held: int = 0  # bytes the dead letters keep alive (payloads, referenced messages): a flush trigger
+    held_messages: set[int] = field(default_factory=set)  # ids of the message values counted in ``held``
 
     def __len__(self) -> int:
         return self.records
@@ -186,8 +189,12 @@ class Buffer:
             self.samples.append(batch)
             self.records += batch.num_rows
 
-    def add_dead(self, reject: Reject, o: Origin, key: bytes | None) -> None:
-        self.dead.append(DeadLetter(o, reject.reason, reject.detail, reject.raw, key))
+    def add_dead(self, reject: Reject, o: Origin, key: bytes | None, message: bytes | None = None) -> None:
+        self.dead.append(DeadLetter(o, reject.reason, reject.detail, reject.raw, key, message))
+        self.held += len(reject.raw)
+        if message is not None and id(message) not in self.held_messages:
+            self.held_messages.add(id(message))
+            self.held += len(message)
         self.records += 1
 
     def log_table(self, batch_id: int) -> pa.Table:

@@ -217,15 +217,18 @@ def cmd_embedded(args: argparse.Namespace) -> int:
     from .topics import ensure_topics
 
     s = _settings(args)
+    kind = args.broker or s.embedded_broker
+    if kind == "tansu":
+        s = embedded.for_tansu(s, dict(os.environ))
     _logging(s.log_level if s.log_level != "info" else "warning")
     host, _, port = s.kafka_bootstrap.partition(":")
     if host not in ("127.0.0.1", "localhost") or "," in s.kafka_bootstrap:
         raise UsageError("embedded mode starts its own broker on loopback: IMTEL_KAFKA_BOOTSTRAP must be "
                          "127.0.0.1:PORT (use `imtel worker` for a real Kafka)")
     Path(s.data_dir).mkdir(parents=True, exist_ok=True)
-    broker = None
+    broker: Any = None
     if not embedded.port_open("127.0.0.1", int(port)):
-        broker = embedded.start_broker(int(port), Path(s.data_dir) / "broker.log")
+        broker = _start_embedded_broker(kind, int(port), Path(s.data_dir))
     generator = None
     try:
         ensure_topics(s)
@@ -235,12 +238,31 @@ def cmd_embedded(args: argparse.Namespace) -> int:
                  "--rate", str(args.rate), "--samples", "--invalid-ratio", str(args.invalid_ratio)]
                 + (["--incident-app", str(args.incident_app)] if args.incident_app else []),
                 start_new_session=True)
-        print(f"[imtel] broker 127.0.0.1:{port} | store {redact_dsn(s.clickhouse_dsn)} | metrics "
+        print(f"[imtel] broker 127.0.0.1:{port} ({kind}) | store {redact_dsn(s.clickhouse_dsn)} | metrics "
               f"http://{s.web_host}:{s.web_port}/metrics | traffic {args.rate}/s | Ctrl-C stops", flush=True)
         return run_worker(s, live_output=True)
     finally:
         embedded.stop(generator)
-        embedded.stop(broker)
+        if kind == "kafka" and broker is not None:
+            broker.stop()
+        else:
+            embedded.stop(broker)
+
+
+def _start_embedded_broker(kind: str, port: int, data_dir: Path) -> Any:
+    """Tansu (memory only) or a real Kafka node whose log stays in ``data_dir/kafka``."""
+    from . import embedded
+    from .kafka_server import KafkaStartError, KafkaUnavailable
+
+    if kind == "tansu":
+        return embedded.start_broker(port, data_dir / "broker.log")
+    try:
+        print("[imtel] starting Apache Kafka (fetched from Maven Central on first use)...", flush=True)
+        return embedded.start_kafka(port, data_dir / "kafka")
+    except KafkaUnavailable as exc:
+        raise UsageError(str(exc)) from None
+    except KafkaStartError as exc:
+        raise UsageError(str(exc).splitlines()[0]) from None
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -547,6 +569,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--rate", type=_nonneg_float, default=300.0, help="traffic records/s (0: none)")
     e.add_argument("--invalid-ratio", type=_ratio, default=0.002, help="share of malformed messages")
     e.add_argument("--incident-app", type=int, default=0, help="sdk_app_id whose errors/latency jump")
+    e.add_argument("--broker", choices=("tansu", "kafka"), default=None,
+                   help="tansu: the bundled in-memory broker; kafka: a real Apache Kafka node, its log kept in "
+                        "DATA_DIR/kafka (needs Java 17+ and Maven; default: IMTEL_EMBEDDED_BROKER)")
     add("worker", cmd_worker, "run the worker against the configured Kafka and ClickHouse")
     g = add("generate", cmd_generate, "produce synthetic IM traffic")
     g.add_argument("--bootstrap", help="Kafka bootstrap servers (default: IMTEL_KAFKA_BOOTSTRAP)")

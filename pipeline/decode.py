@@ -24,6 +24,8 @@ T = TypeVar("T", RequestLog, MonitoringSample)
 REASONS = (
     "empty", "invalid_json", "not_object", "missing_field", "wrong_type", "out_of_range",
     "invalid_ip", "too_old", "in_future", "inconsistent", "insert_rejected",
+    # whole messages (pipeline/limits.py): not decoded, or one letter for many invalid records
+    "too_large", "too_many_records", "many_invalid",
 )
 WHOLE_MESSAGE = -1
 # What msgspec raises on bad input: invalid UTF-8 inside a string is a UnicodeDecodeError, not a

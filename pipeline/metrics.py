@@ -111,6 +111,12 @@ class Metrics:
                                        ["topic"], registry=r)
         self.dead_letters = Counter("imtel_dead_letters_produced_total",
                                     "Dead-letter records acknowledged by Kafka.", ["topic"], registry=r)
+        self.dead_letters_refused = Counter("imtel_dead_letters_refused_total",
+                                            "Dead letters Kafka refused permanently (e.g. MSG_SIZE_TOO_LARGE): "
+                                            "recorded in the ledger only, never retried.", ["error"], registry=r)
+        self.write_failing_since = Gauge("imtel_write_failing_since_timestamp_seconds",
+                                         "Unix time since which the write in flight keeps failing (0: writes "
+                                         "succeed).", registry=r)
         self.rows_written = Counter("imtel_rows_written_total", "Rows acknowledged by ClickHouse.",
                                     ["table"], registry=r)
         self.insert_duration = Histogram("imtel_insert_duration_seconds", "Duration of one ClickHouse insert.",

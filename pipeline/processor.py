@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from itertools import compress
 from typing import Any, Protocol
 
@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import aggregate, failpoints, fastlog
+from . import aggregate, failpoints, fastlog, limits
 from .batch import (
     Buffer,
     DeadLetter,
@@ -29,7 +29,8 @@ from .batch import (
     new_batch_id,
     sample_batch,
 )
-from .decode import BAD_INPUT, Decoded, Decoder, Reject, oldest_kept, time_reason
+from .decode import BAD_INPUT, WHOLE_MESSAGE, Decoded, Decoder, Reject, oldest_kept, time_reason
+from .kafka_client import POLL_RECORDS
 from .metrics import LATENCY_BUCKETS_S, Metrics
 from .policy import DAY_MS, Policy
 from .privacy import Minimiser, minimise_column, minimiser
@@ -63,9 +64,11 @@ class Message(Protocol):
 
 
 class DeadLetterSink(Protocol):
-    """Produces dead letters and blocks until Kafka acknowledged them (raises otherwise)."""
+    """Produces dead letters and blocks until Kafka acknowledged or permanently refused each (raises
+    on anything retryable)."""
 
-    def send(self, letters: Sequence[Any]) -> None: ...
+    def send(self, letters: Sequence[Any]) -> list[str | None] | None:
+        """None per acknowledged letter, or the name of a permanent refusal (None: all acknowledged)."""
 
 
 class Processor:
@@ -112,8 +115,12 @@ class Processor:
         return len(keys)
 
     # -- processing -------------------------------------------------------------------------------
-    def process(self, messages: Iterable[Message]) -> None:
-        """Decode a batch of Kafka messages into the buffer (valid rows and dead letters).
+    def process(self, messages: Sequence[Message]) -> int:
+        """Decode a prefix of a batch of Kafka messages into the buffer (valid rows and dead letters);
+        returns how many messages it took. It stops once ``POLL_RECORDS`` records or
+        ``poll_max_bytes`` bytes were decoded, so that the caller may flush before it hands over the
+        rest: what one call buffers is bounded whatever the messages hold (a message above
+        ``decode_max_bytes`` or ``message_max_records`` is not decoded at all, see ``limits``).
 
         Hot path: per message only the decode call and a few list appends; everything per record
         (event-time rule, IP minimisation, columns) is done once per topic over the whole batch."""
@@ -122,11 +129,15 @@ class Processor:
         self.buffer.touch(now)
         chunks = {self.settings.topic_request_logs: _Chunk(self.logs_decoder, self.logs_fast),
                   self.settings.topic_monitoring_samples: _Chunk(self.samples_decoder, self.samples_fast)}
-        messages = list(messages)
         next_offsets = self.buffer.next_offsets
         logs_topic, native = self.settings.topic_request_logs, self.native
         taken = _Chunk(self.logs_decoder, self.logs_fast)  # messages the native decoder took, as runs
+        max_records, max_bytes = self.settings.message_max_records, self.settings.decode_max_bytes
+        budget_bytes, decoded_bytes, n_decoded, done = self.settings.poll_max_bytes, 0, 0, 0
         for msg in messages:
+            if done and (decoded_bytes >= budget_bytes or n_decoded >= POLL_RECORDS):
+                break
+            done += 1
             topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
             chunk = chunks[topic]
             value = msg.value()
@@ -135,9 +146,23 @@ class Processor:
             if skip is not None and offset > skip[1]:
                 del self.skip[(topic, partition)]
                 skip = None
+            if value and len(value) > 2 * max_records:  # only a large message may be over a limit
+                decoded_bytes += len(value)
+                why = limits.oversize(value, max_bytes, max_records)
+                if why is not None:
+                    chunk.rejected += 1
+                    n_decoded += 1
+                    self._dead(Reject(WHOLE_MESSAGE, *why, value), Origin(topic, self.topic_ids.get(topic, topic),
+                                                                           partition, offset, WHOLE_MESSAGE),
+                               msg.key(), skip)
+                    next_offsets[(topic, partition)] = offset + 1
+                    continue
+            elif value:
+                decoded_bytes += len(value)
             if native is not None and skip is None and value and topic == logs_topic:
                 n = native.add(value)
                 if n > 0:
+                    n_decoded += n
                     taken.add_run(partition, offset, 0, n)
                     next_offsets[(topic, partition)] = offset + 1
                     continue
@@ -148,6 +173,7 @@ class Processor:
                 except BAD_INPUT:
                     pass
                 else:
+                    n_decoded += 1
                     chunk.records.append(record)
                     chunk.add_run(partition, offset, 0, 1)
                     next_offsets[(topic, partition)] = offset + 1
@@ -156,20 +182,22 @@ class Processor:
             if decoded.rejects:  # the strict decoder names the exact reason
                 decoded = chunk.strict.decode(value)
             items = decoded.items
+            n_decoded += len(items) + len(decoded.rejects)
             if decoded.rejects or decoded.indices is not None or skip is not None:
                 self._process_slow(msg, topic, partition, offset, decoded, skip, chunk)
             else:
                 chunk.records.extend(items)
                 chunk.add_run(partition, offset, 0, len(items))
             next_offsets[(topic, partition)] = offset + 1
-        columnar = {logs_topic: self._admit_taken(logs_topic, taken, chunks[logs_topic], messages, now_ms)
+        batch = list(messages[:done])
+        columnar = {logs_topic: self._admit_taken(logs_topic, taken, chunks[logs_topic], batch, now_ms)
                     if native is not None and taken.counts else 0}
         n_records = sum(len(c.records) + c.rejected for c in chunks.values()) + columnar[logs_topic]
-        if messages:  # the source sizes its next poll with this, to bound what one poll can buffer
-            self.records_per_message = 0.7 * self.records_per_message + 0.3 * (n_records / len(messages))
+        if batch:  # the source sizes its next poll with this, to bound what one poll can buffer
+            self.records_per_message = 0.7 * self.records_per_message + 0.3 * (n_records / len(batch))
         for topic, chunk in chunks.items():
             if chunk.records:
-                chunk.source = messages
+                chunk.source = batch
                 self._check_patterns(topic, chunk)
             if chunk.messages:
                 self.metrics.messages_consumed.labels(topic).inc(chunk.messages)
@@ -177,6 +205,7 @@ class Processor:
                                                                 columnar.get(topic, 0))
             if chunk.records:
                 self._admit(topic, chunk, now_ms)
+        return done
 
     def _admit_taken(self, topic: str, taken: _Chunk, chunk: _Chunk, messages: list[Message], now_ms: int) -> int:
         """Rows the native decoder took, judged by the same per-batch rules as ``_admit`` (interface
@@ -229,9 +258,10 @@ class Processor:
                       skip: tuple[set[tuple[int, int]], int] | None, chunk: _Chunk) -> None:
         """A message with invalid records, or on a partition replayed after a crash (skip set)."""
         topic_id, key = self.topic_ids.get(topic, topic), msg.key()
+        value = msg.value()
         for reject in decoded.rejects:
             chunk.rejected += 1
-            self._dead(reject, Origin(topic, topic_id, partition, offset, reject.index), key, skip)
+            self._dead(reject, Origin(topic, topic_id, partition, offset, reject.index), key, skip, value)
         for index, record in decoded.records:
             if skip and (offset, index) in skip[0]:
                 self.metrics.records_skipped.labels(topic).inc()
@@ -307,18 +337,18 @@ class Processor:
                 reason = "invalid_ip" if nets is not None and not nets[i].is_valid else "inconsistent"
             origin = Origin(topic, topic_id, int(partitions[i]), int(offsets[i]), int(indices[i]))
             raw = msgspec.json.encode(chunk.records[i])
-            self.buffer.add_dead(Reject(origin.index, reason, DETAILS[reason], raw), origin,
-                                 chunk.message(topic, origin.partition, origin.offset).key())
+            msg = chunk.message(topic, origin.partition, origin.offset)
+            self.buffer.add_dead(Reject(origin.index, reason, DETAILS[reason], raw), origin, msg.key(), msg.value())
         keep = ~bad
         chunk.keep(keep)
         return None if nets is None else nets.filter(pa.array(keep))
 
     def _dead(self, reject: Reject, origin: Origin, key: bytes | None,
-              skip: tuple[set[tuple[int, int]], int] | None) -> None:
+              skip: tuple[set[tuple[int, int]], int] | None, message: bytes | None = None) -> None:
         if skip and (origin.offset, origin.index) in skip[0]:
             self.metrics.records_skipped.labels(origin.topic).inc()
             return
-        self.buffer.add_dead(reject, origin, key)
+        self.buffer.add_dead(reject, origin, key, message)
 
     # -- flushing ---------------------------------------------------------------------------------
     def should_flush(self, idle: bool = False) -> bool:
@@ -331,7 +361,7 @@ class Processor:
         if not b.next_offsets:
             return False
         n = len(b)
-        return n >= self.settings.batch_max_records or (
+        return n >= self.settings.batch_max_records or b.held >= self.settings.poll_max_bytes or (
             idle and n >= self.settings.batch_max_records * IDLE_FLUSH_SHARE) or (
             self.clock() - b.started >= self.settings.batch_max_seconds)
 
@@ -389,10 +419,21 @@ class Processor:
             return
         if letters:
             if step + "-sent" not in b.done:
-                self.dlq.send(letters)
+                # at most ``dead_letters_per_message`` letters per message; the ledger keeps every record
+                plan = limits.plan_letters(letters, self.settings.dead_letters_per_message)
+                refused = self.dlq.send([out.letter for out in plan]) or [None] * len(plan)
+                for out, error in zip(plan, refused, strict=True):
+                    if error is not None:  # permanent: recorded in the ledger with the refusal, never retried
+                        log.error("Kafka refused a dead letter for %s/%d@%d permanently (%s); it is in the ledger "
+                                  "only", out.letter.origin.topic, out.letter.origin.partition,
+                                  out.letter.origin.offset, error)
+                        self.metrics.dead_letters_refused.labels(error).inc()
+                        for x in out.records:
+                            x.detail = f"not on the dead-letter topic: Kafka refused it ({error}); {x.detail}"[:1000]
                 for letter in letters:
                     self.metrics.records_invalid.labels(letter.origin.topic, letter.reason).inc()
-                self.metrics.dead_letters.labels(self.settings.topic_dead_letters).inc(len(letters))
+                self.metrics.dead_letters.labels(self.settings.topic_dead_letters).inc(
+                    sum(1 for error in refused if error is None))
                 b.done.add(step + "-sent")
             self.store.insert_arrow("dead_letters", dead_letter_table(letters, b.batch_id),
                                     token=f"{b.batch_id}:dead_letters:{step}")

@@ -18,6 +18,7 @@ from typing import Any
 
 PREFIX = "IMTEL_"
 PII_MODES = ("prefix", "hash", "drop")
+ASSIGNORS = {"consumer": ("range", "uniform"), "classic": ("range", "cooperative-sticky", "roundrobin")}
 SECRET_FIELDS = frozenset({"kafka_sasl_password", "clickhouse_password", "pii_hash_key"})
 # Names that end up in SQL text (identifiers cannot be bound parameters) or in Kafka requests: checked
 # here so that no setting can carry SQL into a statement, and a typo is a one-line error at start.
@@ -48,8 +49,21 @@ class Settings:
     kafka_sasl_password: str = _f("", "SASL password (or IMTEL_KAFKA_SASL_PASSWORD_FILE).", secret=True)
     kafka_ssl_ca_location: str = _f("", "CA bundle for TLS to Kafka.")
     kafka_max_poll_interval_ms: int = _f(
-        10_000, "max.poll.interval.ms, also the group rebalance timeout (the bundled broker waits this long "
-        "on every join); 10 s keeps embedded joins fast, 60000+ suits a real Kafka with slow ClickHouse.")
+        300_000, "max.poll.interval.ms, also the group rebalance timeout: a worker that does not poll for this "
+        "long leaves its group. Kafka's default: a slow ClickHouse write pauses consumption but keeps the "
+        "membership (embedded mode sets 10000: the bundled broker waits this long on every join).")
+    kafka_group_protocol: str = _f(
+        "consumer", "Consumer group protocol: consumer (KIP-848, Kafka 4: the broker assigns, incrementally, so a "
+        "scale-out or restart moves only the partitions that change owner; the session timeout is the broker's "
+        "group.consumer.session.timeout.ms) or classic (client-side assignment; embedded mode sets it for the "
+        "bundled broker).")
+    kafka_assignor: str = _f(
+        "range", "Partition assignor: range spreads each topic over the workers on its own (the request-log "
+        "topic carries most of the load); with the consumer protocol also uniform, with classic also "
+        "cooperative-sticky or roundrobin.")
+    kafka_session_timeout_ms: int = _f(
+        45_000, "session.timeout.ms of the classic protocol: a worker silent this long (crashed, partitioned) "
+        "loses its partitions (6000..300000, at most the poll interval).")
     group_instance_id: str = _f("", "Static group membership id (e.g. the pod name): restarts within the "
                                 "session timeout cause no rebalance.")
     consumer_group: str = _f("imtel-pipeline", "Consumer group of the workers.")
@@ -75,6 +89,21 @@ class Settings:
     native_decoder: bool = _f(True, "Decode request logs with the native decoder where it is built (false: "
                               "msgspec only, to compare or to rule it out).")
     max_future_skew_seconds: int = _f(300, "Records stamped further in the future go to dead letters.")
+    # Hostile input (pipeline/limits.py): bounded memory and bounded dead letters
+    max_message_bytes: int = _f(8_388_608, "max.message.bytes of every topic the pipeline creates or reconciles, "
+                                "and the dead-letter producer's message.max.bytes (1 KiB..64 MiB).")
+    decode_max_bytes: int = _f(16_777_216, "A message larger than this (after decompression) is not decoded: one "
+                               "dead letter by reference, reason too_large (64 KiB..256 MiB).")
+    message_max_records: int = _f(100_000, "A message with more records than this is not decoded: one dead letter "
+                                  "by reference, reason too_many_records (1..1,000,000).")
+    poll_max_bytes: int = _f(8_388_608, "Message bytes decoded before the buffer is checked for a flush (the "
+                             "byte budget of one poll, next to its record budget; 64 KiB..256 MiB).")
+    dead_letter_max_bytes: int = _f(65_536, "A dead letter's payload is cut to this many bytes; headers keep the "
+                                    "original size, its sha256 and a truncation flag (256..max_message_bytes/2).")
+    dead_letters_per_message: int = _f(100, "A message with more invalid records than this becomes one dead letter "
+                                       "for the whole message (the ledger keeps one row per record; 1..100,000).")
+    write_stall_seconds: float = _f(120.0, "A write failing for longer than this makes /readyz fail with the cause "
+                                    "(alert ImtelWriteFailing; 1..3600 s).")
     # Privacy
     pii_mode: str = _f("prefix", "How the exit IP is minimised: prefix (/24, /48), hash (keyed) or drop.")
     pii_hash_key: str = _f("", "Secret key for pii_mode=hash (or IMTEL_PII_HASH_KEY_FILE).", secret=True)
@@ -84,6 +113,8 @@ class Settings:
     metrics_top_apps: int = _f(50, "Apps with their own metric label; the rest are 'other' (1..1000).")
     # Local state
     data_dir: str = _f("./data", "Folder for the embedded store and faust's local state.")
+    embedded_broker: str = _f("tansu", "Broker `imtel embedded` starts: tansu (bundled, in memory, no setup) or "
+                              "kafka (a real Apache Kafka node, fetched by Maven on first use; needs Java 17+).")
     log_level: str = _f("info", "debug, info, warning or error.")
 
     @classmethod
@@ -115,8 +146,23 @@ class Settings:
             (1 <= self.clickhouse_timeout_seconds <= 600, "IMTEL_CLICKHOUSE_TIMEOUT_SECONDS must be 1..600."),
             (0.05 <= self.batch_max_seconds <= 60, "IMTEL_BATCH_MAX_SECONDS must be 0.05..60."),
             (1 <= self.consume_max_messages <= 100_000, "IMTEL_CONSUME_MAX_MESSAGES must be 1..100000."),
+            (1024 <= self.max_message_bytes <= 67_108_864, "IMTEL_MAX_MESSAGE_BYTES must be 1024..67108864."),
+            (65_536 <= self.decode_max_bytes <= 268_435_456, "IMTEL_DECODE_MAX_BYTES must be 65536..268435456."),
+            (1 <= self.message_max_records <= 1_000_000, "IMTEL_MESSAGE_MAX_RECORDS must be 1..1000000."),
+            (65_536 <= self.poll_max_bytes <= 268_435_456, "IMTEL_POLL_MAX_BYTES must be 65536..268435456."),
+            (256 <= self.dead_letter_max_bytes <= self.max_message_bytes // 2,
+             "IMTEL_DEAD_LETTER_MAX_BYTES must be 256..IMTEL_MAX_MESSAGE_BYTES/2 (room for headers)."),
+            (1 <= self.dead_letters_per_message <= 100_000, "IMTEL_DEAD_LETTERS_PER_MESSAGE must be 1..100000."),
+            (1 <= self.write_stall_seconds <= 3600, "IMTEL_WRITE_STALL_SECONDS must be 1..3600."),
             (1 <= self.metrics_top_apps <= 1000, "IMTEL_METRICS_TOP_APPS must be 1..1000."),
             (0 < self.web_port < 65536, "IMTEL_WEB_PORT must be a TCP port (1..65535)."),
+            (6000 <= self.kafka_session_timeout_ms <= min(300_000, self.kafka_max_poll_interval_ms),
+             "IMTEL_KAFKA_SESSION_TIMEOUT_MS must be 6000..300000 and at most IMTEL_KAFKA_MAX_POLL_INTERVAL_MS."),
+            (self.embedded_broker in ("tansu", "kafka"), "IMTEL_EMBEDDED_BROKER must be tansu or kafka."),
+            (self.kafka_group_protocol in ASSIGNORS, "IMTEL_KAFKA_GROUP_PROTOCOL must be consumer or classic."),
+            (self.kafka_assignor in ASSIGNORS.get(self.kafka_group_protocol, ()),
+             f"IMTEL_KAFKA_ASSIGNOR must be one of {', '.join(ASSIGNORS.get(self.kafka_group_protocol, ()))} "
+             f"with IMTEL_KAFKA_GROUP_PROTOCOL={self.kafka_group_protocol}."),
             (6000 <= self.kafka_max_poll_interval_ms <= 3_600_000,
              "IMTEL_KAFKA_MAX_POLL_INTERVAL_MS must be 6000..3600000."),
             (1 <= self.topic_partitions <= 1024, "IMTEL_TOPIC_PARTITIONS must be 1..1024."),
@@ -165,6 +211,14 @@ class Settings:
         if self.kafka_ssl_ca_location:
             conf["ssl.ca.location"] = self.kafka_ssl_ca_location
         return conf
+
+    def group_protocol_config(self) -> dict[str, Any]:
+        """The worker consumer's group-protocol properties. With KIP-848 (``consumer``) the broker assigns
+        and owns the session timeout, so librdkafka refuses ``session.timeout.ms`` there."""
+        if self.kafka_group_protocol == "consumer":
+            return {"group.protocol": "consumer", "group.remote.assignor": self.kafka_assignor}
+        return {"group.protocol": "classic", "partition.assignment.strategy": self.kafka_assignor,
+                "session.timeout.ms": self.kafka_session_timeout_ms}
 
     def redacted(self) -> dict[str, Any]:
         """Settings as a dict with secrets masked, safe to log or print (credentials written into the

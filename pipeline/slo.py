@@ -332,6 +332,18 @@ def pipeline_alert_rules(spec: Spec) -> list[dict[str, Any]]:
             "worker).",
         ),
         (
+            "ImtelWriteFailing",
+            f"time() - max by (instance) (imtel_write_failing_since_timestamp_seconds{{{job}}} > 0)\n"
+            f"> {int(p['write_failing_seconds'])}",
+            "0m",
+            "page",
+            "Worker {{ $labels.instance }} keeps failing to write",
+            "The write in flight of worker {{ $labels.instance }} has been failing for {{ $value | humanizeDuration }} "
+            f"(bound {int(p['write_failing_seconds'])}s, IMTEL_WRITE_STALL_SECONDS): its partitions are paused "
+            "and its /readyz fails naming the cause (ClickHouse insert or dead-letter produce); nothing is "
+            "committed past what is stored.",
+        ),
+        (
             "ImtelDeadLetterRatioHigh",
             f"sum by (topic) (rate(imtel_records_invalid_total{{{job}}}[10m]))\n"
             f"/ sum by (topic) (rate(imtel_records_consumed_total{{{job}}}[10m]))\n"

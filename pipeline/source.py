@@ -38,7 +38,17 @@ from .settings import Settings
 from .sinks.clickhouse import InsertError
 
 log = logging.getLogger(__name__)
-RETRYABLE = (InsertError, DeadLetterError, KafkaException)
+
+
+class StopTimeout(Exception):
+    """The final write on stop did not finish within ``STOP_FLUSH_S``: given up, not committed."""
+
+
+RETRYABLE = (InsertError, DeadLetterError, KafkaException, StopTimeout)
+# On SIGTERM/SIGINT the buffered rows get this long to be written and committed; past it the worker
+# stops anyway with them uncommitted (the next owner re-reads them and skips what was stored), so a
+# stalled write (ClickHouse down) never holds a stop for long.
+STOP_FLUSH_S = 10.0
 
 
 @dataclass
@@ -94,7 +104,11 @@ class KafkaBatchSource(Service):
         self.flight: Flight | None = None
         self.resubscribe = False
         self.last_poll = 0  # messages the last poll returned
+        self.bytes_per_message = 1024.0  # moving average of the message values polled
         self.pause = PauseDetector()
+        self.failing_since: float | None = None  # wall time since which the write in flight keeps failing
+        self.failing_cause = ""
+        self.stop_deadline = float("inf")
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def on_start(self) -> None:
@@ -102,9 +116,8 @@ class KafkaBatchSource(Service):
                 "enable.auto.commit": False, "auto.offset.reset": "earliest",
                 "enable.partition.eof": False,
                 "max.poll.interval.ms": self.settings.kafka_max_poll_interval_ms,
-                "session.timeout.ms": min(30_000, self.settings.kafka_max_poll_interval_ms),
                 **FETCH_CONFIG,
-                "partition.assignment.strategy": "range",
+                **self.settings.group_protocol_config(),
                 # a recreated topic must be seen soon, not after the 5-minute default
                 "topic.metadata.refresh.interval.ms": 10_000}
         if self.settings.group_instance_id:
@@ -121,6 +134,7 @@ class KafkaBatchSource(Service):
     async def on_stop(self) -> None:
         """Graceful stop: let the loop finish its step, flush what is buffered, commit, leave."""
         self.stopping = True
+        self.stop_deadline = time.monotonic() + STOP_FLUSH_S
         if self.consumer is None:
             return
         # Cancelling is safe at any await of the loop: a batch is either fully buffered by the agent
@@ -168,6 +182,8 @@ class KafkaBatchSource(Service):
                 self.last_poll = len(messages)
                 if messages:
                     self.metrics.messages_polled.inc(len(messages))
+                    size = sum(len(m.value() or b"") for m in messages) / len(messages)
+                    self.bytes_per_message = 0.7 * self.bytes_per_message + 0.3 * size
             except RuntimeError:  # consumer closed while stopping
                 return
             data = [m for m in messages if self._keep(m)]
@@ -177,8 +193,14 @@ class KafkaBatchSource(Service):
                 self._subscribe()
             if self.pending_recovery:
                 await self._recover()
-            if data:
-                await asyncio.wait_for(self.deliver(data), timeout=120)
+            while data and not (self.should_stop or self.stopping):
+                # the processor takes a prefix bounded in records and bytes; between two prefixes the
+                # buffer may be written, so one poll of huge messages never buffers them all at once
+                took = await asyncio.wait_for(self.deliver(data), timeout=120)
+                data = data[took or len(data):]
+                if data and self.processor.should_flush():
+                    await self._land()
+                    self._launch()
             if self.flight is not None and self.flight.future.done():
                 await self._land()
             if self.processor.should_flush(idle=self.pause.update(bool(messages))):
@@ -194,7 +216,8 @@ class KafkaBatchSource(Service):
         memory, before any flush)."""
         room = max(1, min(POLL_RECORDS, self.settings.batch_max_records - len(self.processor.buffer)))
         fit = int(room / max(1.0, self.processor.records_per_message))
-        return max(1, min(self.settings.consume_max_messages, fit, 2 * max(FIRST_POLL, self.last_poll)))
+        fit_bytes = int(self.settings.poll_max_bytes / max(1.0, self.bytes_per_message))
+        return max(1, min(self.settings.consume_max_messages, fit, fit_bytes, 2 * max(FIRST_POLL, self.last_poll)))
 
     def _keep(self, msg: Any) -> bool:
         err = msg.error()
@@ -233,23 +256,52 @@ class KafkaBatchSource(Service):
             except RETRYABLE as exc:
                 if self.flight is not flight:
                     continue  # a revocation settled it meanwhile
+                self._failing(exc)
                 if (self.should_stop or self.stopping) and not final:
                     return  # on_stop makes the final attempts
-                if final and delay > 8:
+                if final and time.monotonic() >= self.stop_deadline:
                     log.error("stopping with unwritten rows (not committed, will be re-read): %s", exc)
                     self.flight = None
                     return
                 log.warning("write failed, retrying in %.1fs with consumption paused: %s", delay, exc)
                 await self._pause(True)
-                await self._keepalive(delay, final)
+                await self._keepalive(min(delay, max(0.0, self.stop_deadline - time.monotonic())), final)
                 delay = min(delay * 2, 30.0)
                 if self.flight is flight:
                     flight.future = self.pool.submit(self.processor.write, flight.buffer)
                 continue
+            self._failing(None)
             if self.flight is flight:
                 self.flight = None
                 await self._commit(offsets)
         await self._pause(False)
+
+    def _failing(self, exc: BaseException | None) -> None:
+        """Track since when the write in flight keeps failing (None: it succeeded), for readiness
+        (``stalled``) and ``imtel_write_failing_since_timestamp_seconds``."""
+        if exc is None:
+            if self.failing_since is not None:
+                self.failing_since, self.failing_cause = None, ""
+                self.metrics.write_failing_since.set(0)
+            return
+        # /readyz is unauthenticated: name the kind of failure, never a server message (it may quote data)
+        code = getattr(exc, "code", None)
+        self.failing_cause = {InsertError: f"ClickHouse insert failing (code {code})",
+                              DeadLetterError: f"dead-letter produce failing ({str(exc)[:200]})"}.get(
+            type(exc), type(exc).__name__)
+        if self.failing_since is None:
+            self.failing_since = time.time()
+            self.metrics.write_failing_since.set(self.failing_since)
+
+    def stalled(self, now: float | None = None) -> str | None:
+        """Why ingestion is stalled (a write failing for over ``write_stall_seconds``), or None."""
+        since = self.failing_since
+        if since is None:
+            return None
+        age = (time.time() if now is None else now) - since
+        if age < self.settings.write_stall_seconds:
+            return None
+        return f"writes failing for {age:.0f}s (over {self.settings.write_stall_seconds:.0f}s): {self.failing_cause}"
 
     async def _await_write(self, flight: Flight, final: bool) -> dict[tuple[str, int], int]:
         """The write's result. A slow write (a hung ClickHouse call lasts up to its timeout) must not
@@ -261,6 +313,8 @@ class KafkaBatchSource(Service):
         while not future.done():
             await asyncio.wait({future}, timeout=wait)
             wait = 1.0
+            if final and not future.done() and time.monotonic() >= self.stop_deadline:
+                raise StopTimeout(f"the write did not finish within {STOP_FLUSH_S:.0f}s of the stop")
             if future.done() or final or self.consumer is None or self.flight is not flight:
                 continue
             await self._pause(True)
@@ -341,7 +395,9 @@ class KafkaBatchSource(Service):
         for tp in committed:
             start = tp.offset if tp.offset != OFFSET_INVALID and tp.offset >= 0 else 0
             self.pending_recovery[(tp.topic, tp.partition)] = start
-        self.assignment = list(partitions)
+        # eager: the whole new assignment (the revocation emptied ours); cooperative: only what is added
+        added = {(tp.topic, tp.partition) for tp in partitions}
+        self.assignment = [tp for tp in self.assignment if (tp.topic, tp.partition) not in added] + list(partitions)
         self._update_assigned()
         if self.paused:
             consumer.pause(partitions)
@@ -349,11 +405,14 @@ class KafkaBatchSource(Service):
                  ", ".join(f"{tp.topic}/{tp.partition}" for tp in partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Eager rebalance: everything is revoked. Flush once if possible, else drop the buffer
-        (nothing of it was committed, so the next owner re-reads it)."""
+        """Partitions are taken away: all of them (eager rebalance) or some (cooperative, or lost).
+        Flush everything buffered once if possible and commit it; else drop the buffer (nothing of it
+        was committed, so the next owner re-reads it) and rewind the partitions we keep."""
         self.metrics.rebalances.labels("revoked").inc()
         failpoints.hit("revoke.before_flush")
-        self._settle_flight(consumer)
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        kept = [tp for tp in self.assignment if (tp.topic, tp.partition) not in revoked]
+        settled = self._settle_flight(consumer)
         if self.processor.buffer.next_offsets:
             try:
                 offsets = self.processor.flush()
@@ -362,18 +421,34 @@ class KafkaBatchSource(Service):
                 self.metrics.commits.inc()
             except (*RETRYABLE, RuntimeError) as exc:
                 dropped = self.processor.discard()
+                settled = False
                 log.warning("revoked with %d unwritten records (dropped, not committed): %s", dropped, exc)
-        self.assignment = []
-        self.pending_recovery.clear()
-        self.ready = False
+        if not settled and kept:
+            self._rewind_to_committed(consumer, kept)
+        self.assignment = kept
+        for key in revoked:
+            self.pending_recovery.pop(key, None)
+            self.processor.skip.pop(key, None)
+        self.ready = bool(kept) and self.ready
         self._update_assigned()
 
-    def _settle_flight(self, consumer: Consumer) -> None:
+    def _rewind_to_committed(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """After dropping unwritten records, the partitions we keep (a cooperative rebalance) must be
+        read again from their committed offsets, with recovery skipping whatever was already stored:
+        their fetch positions are past the dropped records."""
+        for tp in consumer.committed(partitions, timeout=10):
+            start = tp.offset if tp.offset != OFFSET_INVALID and tp.offset >= 0 else 0
+            consumer.seek(TopicPartition(tp.topic, tp.partition, start))
+            self.pending_recovery[(tp.topic, tp.partition)] = start
+        log.warning("rewound %d kept partitions to their committed offsets", len(partitions))
+
+    def _settle_flight(self, consumer: Consumer) -> bool:
         """On revocation: finish the write in flight (one more attempt if it failed) and commit it, or
-        give it up uncommitted (the next owner re-reads it and skips what was stored)."""
+        give it up uncommitted (the next owner re-reads it and skips what was stored). False when
+        given up."""
         flight, self.flight = self.flight, None
         if flight is None:
-            return
+            return True
         try:
             try:
                 offsets = flight.future.result()
@@ -382,8 +457,10 @@ class KafkaBatchSource(Service):
             consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
                             asynchronous=False)
             self.metrics.commits.inc()
+            return True
         except (*RETRYABLE, RuntimeError) as exc:
             log.warning("revoked with %d unwritten records (dropped, not committed): %s", len(flight.buffer), exc)
+            return False
 
     def _recreate_lost_topics(self) -> None:
         """A broker that lost its topics (the bundled one keeps them in memory only) still lets the

@@ -4,8 +4,9 @@ Every topic holds personal data of some category (raw request logs and samples; 
 keep original bytes with full IPs; application configurations), so each is created with
 ``cleanup.policy`` including ``delete``, ``segment.ms`` from the policy (Kafka deletes whole segments)
 and ``retention.ms`` = the category's limit minus that headroom: the worst case stays within the
-policy. The registry topic is ``compact,delete``: latest state per app, and a terminated app's last
-record is gone within the Configuration Data limit after it was written.
+policy. Every topic gets the same ``max.message.bytes`` (``IMTEL_MAX_MESSAGE_BYTES``). The registry
+topic is ``compact,delete``: latest state per app, and a terminated app's last record is gone within
+the Configuration Data limit after it was written.
 
 ``ensure_topics`` only creates missing topics (a worker never rewrites an operator's change
 silently); ``reconcile_topics`` (``imtel topics``) sets the configs of existing topics back to these
@@ -83,8 +84,10 @@ def topic_specs(settings: Settings, policy: Policy | None = None) -> list[TopicS
     for logical, name in topic_names(settings).items():
         # registry: latest state per app (compact) and nothing older than the Configuration Data limit
         cleanup = "compact,delete" if logical == "applications" else "delete"
+        # the same max.message.bytes on every topic (a real broker's default is 1 MB): whatever it
+        # accepts on one topic, the worker and its dead-letter producer handle (pipeline/limits.py)
         config = {"cleanup.policy": cleanup, "retention.ms": str(retention[logical]),
-                  "segment.ms": str(policy.kafka.segment_ms)}
+                  "segment.ms": str(policy.kafka.segment_ms), "max.message.bytes": str(settings.max_message_bytes)}
         partitions = 1 if logical == "applications" else settings.topic_partitions
         specs.append(TopicSpec(logical, name, partitions, config))
     return specs
@@ -152,3 +155,40 @@ def reconcile_topics(settings: Settings, policy: Policy | None = None, timeout: 
         for future in admin.incremental_alter_configs(resources, request_timeout=timeout).values():
             future.result(timeout=timeout)
     return changes
+
+
+def oldest_record_ages(settings: Settings, names: list[str], timeout: float = 10.0,
+                       now_ms: int | None = None) -> dict[str, float | None]:
+    """Topic -> age in seconds of the oldest record it still stores (None: empty), read from the record
+    at each partition's low watermark. Retention configs say what the broker was told; this says what it
+    did: a record older than the policy here means segments are not being deleted."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    if not names:
+        return {}
+    consumer = Consumer({**settings.kafka_config(), "group.id": f"imtel-audit-{time.time_ns()}",
+                         "enable.auto.commit": False, "enable.partition.eof": True,
+                         "fetch.max.bytes": 1 << 20, "max.partition.fetch.bytes": 1 << 20},
+                        logger=logging.getLogger("imtel.kafka"))
+    try:
+        metadata = consumer.list_topics(timeout=timeout)
+        parts = [TopicPartition(n, p, OFFSET_BEGINNING) for n in names if n in metadata.topics
+                 for p in metadata.topics[n].partitions]
+        oldest: dict[str, float | None] = {n: None for n in names}
+        consumer.assign(parts)
+        waiting, deadline = {(tp.topic, tp.partition) for tp in parts}, time.monotonic() + timeout
+        while waiting and time.monotonic() < deadline:
+            for msg in consumer.consume(len(waiting), 0.5):
+                key = (msg.topic(), msg.partition())
+                if key not in waiting:
+                    continue
+                waiting.discard(key)  # the first record (or the end) of this partition
+                kind, ts = msg.timestamp() if msg.error() is None else (0, 0)
+                if kind and ts > 0:
+                    age = ((now_ms if now_ms is not None else time.time() * 1000) - ts) / 1000
+                    oldest[key[0]] = max(age, oldest[key[0]] or 0.0)
+        if waiting:
+            raise KafkaSetupError(f"could not read the first record of {len(waiting)} partitions in {timeout:.0f}s")
+        return oldest
+    finally:
+        consumer.close()

@@ -1,4 +1,8 @@
-"""Fixtures for integration tests: a real bundled broker process, a real embedded ClickHouse engine.
+"""Fixtures for integration tests: a real Apache Kafka broker process, a real embedded ClickHouse engine.
+
+The session's broker is Apache Kafka 4.x (``pipeline.kafka_server``: KRaft, one combined node, its log
+in a temp folder, on a free loopback port), the broker production runs; the bundled Tansu broker, the
+embedded default, keeps a smoke test of its own (``tansu`` below, ``test_embedded_run``).
 
 chDB allows one store per process, so the engine always runs in a child process (the worker, or
 ``run_sql`` below), never in the pytest process.
@@ -18,24 +22,47 @@ from pathlib import Path
 import pytest
 
 from pipeline import embedded
+from pipeline.kafka_server import KafkaServer
 from tests.support.brokers import BrokerProcess
 
 free_port = embedded.free_port  # ports outside the ephemeral range: see its docstring
 
+# A killed worker's partitions move after the group's session timeout, which the KIP-848 protocol
+# keeps on the broker: 6 s (with 1 s heartbeats) keeps the crash, scale-out and rebalance tests short.
+# Production brokers keep Kafka's 45 s; the classic protocol's client-side setting is set alike.
+TEST_BROKER_GROUP_CONFIG = {
+    "group.consumer.min.session.timeout.ms": "6000", "group.consumer.session.timeout.ms": "6000",
+    "group.consumer.min.heartbeat.interval.ms": "1000", "group.consumer.heartbeat.interval.ms": "1000"}
+TEST_KAFKA_ENV = {"IMTEL_KAFKA_SESSION_TIMEOUT_MS": "6000"}
+
 
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Tansu broker process on a free loopback port for the whole session."""
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaServer]:
+    """One real Apache Kafka broker for the whole session (per pytest-xdist worker)."""
+    server = KafkaServer(tmp_path_factory.mktemp("kafka"), extra=TEST_BROKER_GROUP_CONFIG).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def broker(kafka: KafkaServer) -> str:
+    """Bootstrap servers of the session's real Kafka broker."""
+    return kafka.bootstrap
+
+
+@pytest.fixture(scope="session")
+def tansu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The bundled broker (Tansu, the embedded default), for the tests that keep it from rotting."""
     port = free_port()
-    proc = embedded.start_broker(port, tmp_path_factory.mktemp("broker") / "broker.log")
+    proc = embedded.start_broker(port, tmp_path_factory.mktemp("tansu") / "broker.log")
     yield f"127.0.0.1:{port}"
     embedded.stop(proc)
 
 
 @pytest.fixture
 def own_broker(tmp_path: Path) -> Iterator[BrokerProcess]:
-    """A broker process of this test alone (to kill and restart, or to keep its groups apart)."""
-    proc = BrokerProcess(free_port(), tmp_path / "own-broker.log").start()
+    """A real Kafka broker of this test alone (to kill and restart it with its log kept)."""
+    proc = BrokerProcess(tmp_path / "own-kafka", TEST_BROKER_GROUP_CONFIG).start()
     yield proc
     proc.stop()
 
@@ -46,7 +73,7 @@ def pipeline_env(broker: str, tmp_path: Path) -> dict[str, str]:
     tag = uuid.uuid4().hex[:8]
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith("IMTEL_")},
-        "IMTEL_KAFKA_BOOTSTRAP": broker,
+        "IMTEL_KAFKA_BOOTSTRAP": broker, **TEST_KAFKA_ENV,
         "IMTEL_TOPIC_REQUEST_LOGS": f"logs-{tag}", "IMTEL_TOPIC_MONITORING_SAMPLES": f"samples-{tag}",
         "IMTEL_TOPIC_DEAD_LETTERS": f"dlq-{tag}", "IMTEL_TOPIC_APPLICATIONS": f"apps-{tag}",
         "IMTEL_CONSUMER_GROUP": f"group-{tag}", "IMTEL_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'store'}",

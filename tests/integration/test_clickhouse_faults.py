@@ -361,3 +361,35 @@ def report(tmp_path: Path, name: str, figures: dict[str, Any]) -> None:
     text = json.dumps(figures, default=str)
     (tmp_path / f"figures-{name}.json").write_text(text)
     print(f"\n[fault figures] {name}: {text}")
+
+
+def test_a_write_slower_than_the_old_poll_interval_keeps_the_group_membership(
+        pipeline_env: dict[str, str], shim: ShimProcess, tmp_path: Path) -> None:
+    """On real Kafka, with the worker's default group settings (the bundled broker's 10 s poll interval
+    used to be the default): inserts that take 15 s each for a while cost no rebalance, no
+    revocation and no duplicate; the records produced meanwhile are stored once when writes speed up."""
+    tuning = {k: v for k, v in TUNING.items() if k != "kafka_max_poll_interval_ms"}
+    env = worker_env(pipeline_env, shim.dsn(0), tmp_path, "w1", free_port(), **tuning)
+    assert "IMTEL_KAFKA_MAX_POLL_INTERVAL_MS" not in env
+    ensure_topics(Settings.from_env(env))
+    worker = WorkerProcess("w1", env, tmp_path).start()
+    wait_for(lambda: worker.assigned() == 2 * PARTITIONS, 60, "the worker's partition assignment", workers=[worker])
+    stream = Stream(env["IMTEL_KAFKA_BOOTSTRAP"], env["IMTEL_TOPIC_REQUEST_LOGS"], rate=200, total=6_000)
+    stream.start()
+    try:
+        wait_for(lambda: worker.metric("imtel_rows_written_total", table="request_logs") > 200, 30, "first rows")
+        shim.fault("slow", seconds=15.0, match=r"^\s*INSERT INTO imtel\.request_logs", duration=16.0)
+        time.sleep(32.0)  # at least two 15 s inserts: each longer than the old 10 s max.poll.interval.ms
+        shim.clear()
+        stream.stop()
+        wait_for(lambda: stored_ids(shim)[0] >= len(stream.delivered), 60, "every acknowledged record stored")
+        revoked = worker.metric("imtel_rebalances_total", event="revoked")
+        assigned = worker.metric("imtel_rebalances_total", event="assigned")
+    finally:
+        code = worker.stop()
+    log = worker.log_text()
+    assert code == 0, log[-3000:]
+    count, ids = stored_ids(shim)
+    assert ids == set(stream.delivered) and count == len(ids), "records lost or doubled"
+    assert (revoked, assigned) == (0, 1), f"the group rebalanced during slow writes: {revoked=} {assigned=}"
+    assert "leaving group" not in log.lower() and "max poll interval" not in log.lower()

@@ -167,7 +167,7 @@ def join_group_until(env: dict[str, str], worker: WorkerProcess, timeout: float)
     the worker revokes its partitions. Never commits; leaves as soon as the worker is gone."""
     intruder = Consumer({"bootstrap.servers": env["IMTEL_KAFKA_BOOTSTRAP"], "group.id": env["IMTEL_CONSUMER_GROUP"],
                          "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                         "session.timeout.ms": 6000, "partition.assignment.strategy": "range"})
+                         **Settings.from_env(env).group_protocol_config()})  # the worker's group protocol
     intruder.subscribe([env["IMTEL_TOPIC_REQUEST_LOGS"], env["IMTEL_TOPIC_MONITORING_SAMPLES"]])
     try:
         deadline = time.monotonic() + timeout

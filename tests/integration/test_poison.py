@@ -11,6 +11,7 @@ Decoder-level fuzzing with many more examples is in ``tests/unit/test_poison_cor
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -54,10 +55,14 @@ AFTER_DECODE = {"too_old", "in_future", "invalid_ip", "inconsistent"}
 
 
 def same_record(letter: Any, sent: bytes | None) -> bool:
-    """The dead letter carries what was sent: the original bytes when the decoder refused it, the
+    """The dead letter carries what was sent: the original bytes when the decoder refused it (a prefix
+    and the sha256 of the whole when it was over IMTEL_DEAD_LETTER_MAX_BYTES), the
     same record (field by field) when a rule applied after decoding refused it."""
     if letter.value == (sent or b""):
         return True
+    if letter.headers.get("imtel-truncated") == b"true":  # cut to IMTEL_DEAD_LETTER_MAX_BYTES: a prefix + its hash
+        return bool(sent) and letter.value == sent[:len(letter.value)] and (
+            letter.headers["imtel-original-sha256"].decode() == hashlib.sha256(sent).hexdigest())
     if letter.headers["imtel-reason"].decode() not in AFTER_DECODE or not sent:
         return False
 

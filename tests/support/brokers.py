@@ -1,31 +1,28 @@
-"""A bundled-broker process owned by one test: to kill and restart it, or to keep a test's consumer
-groups (and the dead members a kill -9 leaves behind) away from the session broker other tests share."""
+"""A real Kafka broker process owned by one test: to kill it (SIGKILL) and start it again on the same
+port with its log directory kept, as a broker pod restarts on its persistent volume."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
-from pipeline import embedded
+from pipeline.kafka_server import KafkaServer
 
 
 class BrokerProcess:
-    """One Tansu broker on a fixed loopback port (memory storage: a restart starts empty)."""
+    """One Apache Kafka node (KRaft, broker + controller) of one test; a restart keeps every topic,
+    record, group and committed offset."""
 
-    def __init__(self, port: int, log_path: Path) -> None:
-        self.port, self.log_path = port, log_path
-        self.bootstrap = f"127.0.0.1:{port}"
-        self.proc: subprocess.Popen[bytes] | None = None
+    def __init__(self, data_dir: Path, extra: dict[str, str] | None = None) -> None:
+        self.server = KafkaServer(data_dir, extra=extra)
+        self.bootstrap = self.server.bootstrap
 
     def start(self) -> BrokerProcess:
-        self.proc = embedded.start_broker(self.port, self.log_path)
+        self.server.start()
         return self
 
     def kill(self) -> None:
-        """SIGKILL: connections drop, every topic, record, group and committed offset is gone."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
+        """SIGKILL: connections drop; what the broker had written to its log survives."""
+        self.server.kill()
 
     def stop(self) -> None:
-        embedded.stop(self.proc)
+        self.server.stop()

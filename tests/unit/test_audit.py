@@ -246,3 +246,12 @@ def test_cluster_names_are_checked_before_they_reach_sql() -> None:
     with pytest.raises(ValueError, match="not a plain name"):
         migrations.engines("main' ; DROP TABLE x; --")
     assert migrations.data_table("imtel", "request_logs", "main") == "imtel_local.request_logs ON CLUSTER 'main'"
+
+
+def test_a_record_older_than_the_policy_still_on_a_topic_fails_even_with_right_configs() -> None:
+    """Configs prove what the broker was told; the oldest stored record proves it deleted."""
+    logs, samples = Settings().topic_request_logs, Settings().topic_monitoring_samples
+    facts = {**topic_facts(), "oldest_age_s": {logs: 7 * 86_400.0 + 60, samples: 86_400.0}}
+    checks = by_name(run(topics=facts))
+    assert checks[logs].status == VIOLATION and "oldest record is 7d1m old, policy allows 7d" in checks[logs].detail
+    assert checks[logs].oldest == "7d1m" and checks[samples].status == OK and checks[samples].oldest == "1d"

