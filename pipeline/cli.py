@@ -427,7 +427,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     hosts = {h.strip().rsplit(":", 1)[0] for h in s.kafka_bootstrap.split(",")}
     if hosts <= {"127.0.0.1", "localhost"}:
         report.notes.append("Kafka on loopback: if this is the bundled broker (embedded mode), it keeps every "
-                            "record in memory and enforces no retention.ms; its configs are checked, not deletions")
+                            "record in memory and enforces no retention.ms, so its oldest records fail the audit "
+                            "once it has run longer than a topic's limit (restart it); --broker kafka deletes")
     print((audit.render_json if args.format == "json" else audit.render_text)(report, args.strict), end="")
     return 1 if report.verdict(args.strict) == "fail" else 0
 

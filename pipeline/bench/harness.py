@@ -150,15 +150,17 @@ def run(o: Options) -> dict[str, Any]:
     work = o.work_dir or Path(tempfile.mkdtemp(prefix="imtel-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     port = embedded.free_port()
-    broker = embedded.start_broker(port, work / "broker.log")
+    kafka = embedded.start_kafka(port, work / "kafka") if o.broker == "kafka" else None
+    broker = kafka.proc if kafka is not None else embedded.start_broker(port, work / "broker.log")
     broker_cpu = procstat.CpuMeter(broker.pid).start()
     bootstrap = f"127.0.0.1:{port}"
     results: dict[str, Any] = {"schema": 1, "generated_at": started.isoformat(timespec="seconds"),
-                               "command": o.command, "quick": o.quick, "throughput": [], "freshness": []}
+                               "command": o.command, "quick": o.quick, "broker": o.broker, "throughput": [],
+                               "freshness": []}
     try:
         ws = [workload(name, o.records[name], o.seed) for name in o.workloads]
-        print(f"[bench] broker {bootstrap}; producing {', '.join(f'{w.name}: {w.records:,}' for w in ws)} records",
-              flush=True)
+        counts = ", ".join(f"{w.name}: {w.records:,}" for w in ws)
+        print(f"[bench] broker {bootstrap} ({o.broker}); producing {counts} records", flush=True)
         produced = produce_all(bootstrap, ws, o.short)
         results["workloads"] = {w.name: _workload_info(w, produced[w.name]) for w in ws}
         results["baselines"] = {"embedded_clickhouse_rss_mb": engine_floor(work / "engine-floor", bootstrap)}
@@ -187,7 +189,10 @@ def run(o: Options) -> dict[str, Any]:
     finally:
         probe.stop()
         broker_cpu.stop()
-        embedded.stop(broker)
+        if kafka is not None:
+            kafka.stop()
+        else:
+            embedded.stop(broker)
         if not o.keep:
             shutil.rmtree(work, ignore_errors=True)
     results["machine"] = _machine(load_start, speed_start)

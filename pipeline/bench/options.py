@@ -37,6 +37,7 @@ class Options:
     profile: bool = True
     http_workloads: tuple[str, ...] = ("b",)
     render: Path | None = None
+    broker: str = "kafka"
 
 
 # -- command line ------------------------------------------------------------------------------------
@@ -63,6 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="extra IMTEL_* setting for the pipeline's worker (repeatable)")
     p.add_argument("--quix-python", type=Path, default=REPO / ".venv-quix" / "bin" / "python",
                    help="interpreter of the Quix Streams virtualenv")
+    p.add_argument("--broker", choices=("kafka", "tansu"), default="kafka",
+                   help="kafka: a real Apache Kafka node (default, what production runs); tansu: the bundled broker")
     p.add_argument("--seed", type=int, default=20261122)
     p.add_argument("--work-dir", type=Path, default=None, help="scratch folder (default: a new temp folder)")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder (stores, logs)")
@@ -98,6 +101,10 @@ def options(args: argparse.Namespace, argv: list[str]) -> Options:
         if not sep or not key.startswith("IMTEL_"):
             raise ValueError(f"--pipeline-env takes IMTEL_NAME=VALUE, got {item!r}")
         env[key] = value
+    if args.broker == "tansu":  # the bundled broker speaks only the classic group protocol, slowly
+        from ..embedded import TANSU_GROUP_SETTINGS
+
+        env = {**{"IMTEL_" + k.upper(): str(v) for k, v in TANSU_GROUP_SETTINGS.items()}, **env}
     fresh = args.freshness_seconds if args.freshness_seconds is not None else (4.0 if quick else 20.0)
     if fresh < 0:
         raise ValueError("--freshness-seconds must not be negative")
@@ -116,7 +123,7 @@ def options(args: argparse.Namespace, argv: list[str]) -> Options:
                    args.timeout or (90.0 if quick else 180.0), out, readme, quick, env, args.quix_python, args.seed,
                    args.work_dir, bool(args.keep), " ".join(["imtel bench", *argv]),
                    profile=not (args.no_profile or quick) and "pipeline" in order, render=args.render,
-                   http_workloads=http_loads)
+                   http_workloads=http_loads, broker=args.broker)
 
 
 
