@@ -272,27 +272,55 @@ def _probe_groups(partitions: int) -> tuple[str, ...]:
     return tuple(found.values())
 
 
-def _groups_ready(admin: Any) -> bool:
-    """Whether every group coordinator (one per ``__consumer_offsets`` partition) answers.
+def _coordinator_answers(bootstrap: str, group: str) -> bool:
+    """Whether ``group``'s coordinator answers an OffsetFetch (reading offsets creates no group)."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-    A broker is listed in metadata before it has taken over and loaded those partitions; a client
-    asking for committed offsets then gets NOT_COORDINATOR, which a consumer's group join retries
-    but a one-shot OffsetFetch does not. An OffsetFetch of an unknown group creates nothing."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException
-
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+                         "socket.connection.setup.timeout.ms": 3000},
+                        logger=logging.getLogger("imtel.kafka_server.probe"))
     try:
-        meta = admin.list_topics(timeout=1.0).topics.get("__consumer_offsets")
-        if meta is None:
-            return True  # created with the first consumer group
-        if meta.error is not None or any(p.leader < 0 for p in meta.partitions.values()):
-            return False
-        futures = [admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(g)], request_timeout=5)[g]
-                   for g in _probe_groups(len(meta.partitions))]
-        for future in futures:
-            future.result()
+        consumer.committed([TopicPartition("__consumer_offsets", 0)], timeout=5)
+        return True
     except KafkaException:
         return False
-    return True
+    finally:
+        consumer.close()
+
+
+def _groups_ready(admin: Any, bootstrap: str) -> bool:
+    """Whether every group coordinator (one per ``__consumer_offsets`` partition) answers.
+
+    A broker is listed in metadata seconds before it has taken over and loaded those partitions
+    (longer on a busy machine); until then a client asking for committed offsets gets NOT_COORDINATOR,
+    which a consumer's group join retries but a one-shot ``Consumer.committed`` does not. The probe is
+    a consumer per partition, 10 at a time (~0.4 s for 50): the AdminClient's
+    ``list_consumer_group_offsets`` would be lighter, but librdkafka 2.16 crashes on exactly that
+    error there (a NULL consumer group in ``rd_kafka_handle_OffsetFetch``)."""
+    from confluent_kafka import KafkaException
+
+    try:
+        meta = admin.list_topics(timeout=1.0)
+    except KafkaException:
+        return False
+    offsets = meta.topics.get("__consumer_offsets")
+    if offsets is None:
+        return True  # created with the first consumer group
+    if offsets.error is not None or not offsets.partitions or any(
+            p.leader not in meta.brokers for p in offsets.partitions.values()):
+        return False
+    with ThreadPoolExecutor(10) as pool:
+        answers = pool.map(functools.partial(_coordinator_answers, bootstrap), _probe_groups(len(offsets.partitions)))
+        return all(list(answers))
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the process that started it dies (Linux), so a crashed
+    test session or a killed ``imtel embedded`` leaves no broker running behind it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class KafkaServer:
@@ -395,18 +423,21 @@ class KafkaServer:
             out.flush()
             cmd = [*self._java(java, libs, self.heap_opts, self.jvm_opts), MAIN_CLASS, str(props)]
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)  # Ctrl-C in a terminal is ours to handle
+                                         start_new_session=True,  # Ctrl-C in a terminal is ours to handle
+                                         preexec_fn=_die_with_parent)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT, bootstrap: str | None = None) -> None:
         """Wait until the metadata a client gets (from ``bootstrap``, default this node) lists this
-        node as a live broker, i.e. it serves produce and fetch, and every group coordinator answers;
-        raise with the log's tail if the process exits or this takes longer than ``timeout``."""
+        node as a live broker, i.e. it serves produce and fetch, and (once consumer groups exist)
+        every group coordinator answers; raise with the log's tail if the process exits or this
+        takes longer than ``timeout``."""
         deadline = time.monotonic() + timeout
         while not port_open("127.0.0.1", self.port):
             self._check(deadline, timeout)
             time.sleep(0.1)
-        admin = _admin(bootstrap or self.bootstrap)
-        while self.node_id not in _live_brokers(admin) or not _groups_ready(admin):
+        bootstrap = bootstrap or self.bootstrap
+        admin = _admin(bootstrap)
+        while self.node_id not in _live_brokers(admin) or not _groups_ready(admin, bootstrap):
             self._check(deadline, timeout)
             time.sleep(0.1)
 
