@@ -332,7 +332,8 @@ class KafkaServer:
     def __init__(self, data_dir: Path | str, *, port: int | None = None, controller_port: int | None = None,
                  extra: Mapping[str, str] | None = None, heap_opts: str = DEFAULT_HEAP_OPTS,
                  jvm_opts: Sequence[str] = JVM_OPTS, version: str = KAFKA_VERSION, node_id: int = 1,
-                 voters: str | None = None, cluster_id: str | None = None, log_level: str = "INFO") -> None:
+                 voters: str | None = None, cluster_id: str | None = None, log_level: str = "INFO",
+                 format_args: Sequence[str] = ()) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
         self.controller_port = controller_port or free_port()
@@ -340,6 +341,7 @@ class KafkaServer:
         self.jvm_opts = tuple(jvm_opts)
         self.voters = voters or f"{node_id}@127.0.0.1:{self.controller_port}"
         self.extra = dict(extra or {})
+        self.format_args = tuple(format_args)  # e.g. --add-scram: SCRAM users exist from the first start
         self._cluster_id = cluster_id
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -403,7 +405,7 @@ class KafkaServer:
         props = self._write_config()
         self._cluster_id = self._cluster_id or new_cluster_id()
         cmd = [*self._java(java, libs, "-Xmx256m", FAST_START_JVM_OPTS), STORAGE_TOOL, "format",
-               "--cluster-id", self._cluster_id, "--config", str(props), "--ignore-formatted"]
+               "--cluster-id", self._cluster_id, "--config", str(props), "--ignore-formatted", *self.format_args]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])

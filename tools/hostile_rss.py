@@ -1,9 +1,10 @@
 """Peak RSS of a worker while the hostile cases of ``tests/integration/test_hostile_input.py`` arrive
 inside normal traffic (the README states the bound this measures).
 
-    .venv/bin/python tools/hostile_rss.py [--bootstrap HOST:PORT] [--rounds 2]
+    .venv/bin/python tools/hostile_rss.py [--broker kafka|tansu | --bootstrap HOST:PORT] [--rounds 2]
 
-Starts a bundled broker unless ``--bootstrap`` names one, a real ``imtel worker`` with its own
+Starts a real Apache Kafka node (or the bundled broker, ``--broker tansu``) unless ``--bootstrap`` names
+one, a real ``imtel worker`` with its own
 embedded store, a stream of valid request logs, and sends every hostile case ``--rounds`` times.
 Prints the worker's peak resident set (``VmHWM`` from /proc, read before it stops) and its RSS at
 rest; exits non-zero if a valid record was not stored.
@@ -39,20 +40,25 @@ def status_kb(pid: int, field: str) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bootstrap", default="")
+    ap.add_argument("--broker", choices=("kafka", "tansu"), default="kafka")
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="imtel-hostile-"))
-    broker = None
+    broker, kafka = None, None
     bootstrap = args.bootstrap
     if not bootstrap:
         port = embedded.free_port()
-        broker = embedded.start_broker(port, work / "broker.log")
+        if args.broker == "kafka":
+            kafka = embedded.start_kafka(port, work / "kafka")
+        else:
+            broker = embedded.start_broker(port, work / "broker.log")
         bootstrap = f"127.0.0.1:{port}"
+    tansu = {"IMTEL_" + k.upper(): str(v) for k, v in embedded.TANSU_GROUP_SETTINGS.items()} if broker else {}
     tag = uuid.uuid4().hex[:8]
     base = {"IMTEL_KAFKA_BOOTSTRAP": bootstrap, "IMTEL_TOPIC_REQUEST_LOGS": f"logs-{tag}",
             "IMTEL_TOPIC_MONITORING_SAMPLES": f"samples-{tag}", "IMTEL_TOPIC_DEAD_LETTERS": f"dlq-{tag}",
             "IMTEL_TOPIC_APPLICATIONS": f"apps-{tag}", "IMTEL_CONSUMER_GROUP": f"group-{tag}",
-            "IMTEL_LOG_LEVEL": "warning"}
+            "IMTEL_LOG_LEVEL": "warning", **tansu}
     env = worker_env({**os.environ, **base}, f"chdb://{work / 'store'}", work, "worker",
                      embedded.free_port())
     s = Settings.from_env(env)
@@ -86,6 +92,8 @@ def main() -> int:
         if worker is not None and worker.alive():
             worker.stop(60)
         embedded.stop(broker)
+        if kafka is not None:
+            kafka.stop()
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 The session's broker is Apache Kafka 4.x (``pipeline.kafka_server``: KRaft, one combined node, its log
 in a temp folder, on a free loopback port), the broker production runs; the bundled Tansu broker, the
-embedded default, keeps a smoke test of its own (``tansu`` below, ``test_embedded_run``).
+embedded default, keeps an end-to-end smoke test of its own (``test_embedded_run``).
 
 chDB allows one store per process, so the engine always runs in a child process (the worker, or
 ``run_sql`` below), never in the pytest process.
@@ -48,15 +48,6 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaServer]:
 def broker(kafka: KafkaServer) -> str:
     """Bootstrap servers of the session's real Kafka broker."""
     return kafka.bootstrap
-
-
-@pytest.fixture(scope="session")
-def tansu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The bundled broker (Tansu, the embedded default), for the tests that keep it from rotting."""
-    port = free_port()
-    proc = embedded.start_broker(port, tmp_path_factory.mktemp("tansu") / "broker.log")
-    yield f"127.0.0.1:{port}"
-    embedded.stop(proc)
 
 
 @pytest.fixture
