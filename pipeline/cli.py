@@ -515,28 +515,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_engine(args: argparse.Namespace) -> int:
-    """One embedded store behind ClickHouse's HTTP interface until SIGTERM/Ctrl-C (``engine_server``)."""
-    from .engine_server import EngineServer, StoreError, serve
+    """One embedded store behind ClickHouse's HTTP interface until SIGTERM/Ctrl-C (``engine_server``).
+    Always authenticated: without --password-file a token is generated into ``STORE/engine.token``
+    (0600) and reused on restart; a bind beyond loopback needs TLS and an explicit password file."""
+    from .engine_server import TOKEN_FILE, Access, EngineServer, Limits, StoreError, is_loopback, serve
 
     if args.store.exists() and not args.store.is_dir():
         raise UsageError(f"--store {args.store} is a file, not a folder")
-    password = None
-    if args.password_file is not None:
-        try:
-            password = args.password_file.read_text().rstrip("\r\n")
-        except OSError as exc:
-            raise UsageError(f"--password-file {args.password_file}: {exc.strerror}") from None
+    if not is_loopback(args.host) and not (args.tls_cert and args.password_file):
+        raise UsageError(f"--host {args.host} is not loopback: serving the store beyond this machine needs TLS "
+                         "(--tls-cert, --tls-key) and --password-file")
     args.store.mkdir(parents=True, exist_ok=True)
-    server = EngineServer(args.store, host=args.host, port=args.port, listeners=args.listeners,
-                          fault_admin_port=args.fault_admin_port, user=args.user, password=password)
-    if args.host not in ("127.0.0.1", "localhost", "::1") and password is None:
-        print(f"imtel engine: warning: listening on {args.host} without --password-file: whoever reaches the "
-              "port can read and change the store", file=sys.stderr)
+    try:
+        access = Access.from_files(args.password_file or args.store / TOKEN_FILE, generate=not args.password_file,
+                                   user=args.user, hosts=args.allow_host, tls_cert=args.tls_cert, tls_key=args.tls_key)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    limits = Limits(max_body_bytes=args.max_body_mb * 2**20, max_decoded_bytes=args.max_decompressed_mb * 2**20,
+                    max_connections=args.max_connections)
+    server = EngineServer(args.store, access=access, host=args.host, port=args.port, listeners=args.listeners,
+                          fault_admin_port=args.fault_admin_port, limits=limits)
 
     def announce(srv: EngineServer) -> None:
-        ports = srv.ready()
-        print(f"[imtel] engine: store {args.store} on http://{args.host}:{ports['data'][0]} "
-              f"(IMTEL_CLICKHOUSE_DSN=http://{args.host}:{ports['data'][0]})"
+        ports, scheme = srv.ready(), "https" if access.tls else "http"
+        print(f"[imtel] engine: store {args.store} on {scheme}://{args.host}:{ports['data'][0]} "
+              f"(IMTEL_CLICKHOUSE_DSN={scheme}://{args.host}:{ports['data'][0]} "
+              f"IMTEL_CLICKHOUSE_USER={access.user} IMTEL_CLICKHOUSE_PASSWORD_FILE={access.password_file})"
               + (f", more listeners {ports['data'][1:]}" if len(ports["data"]) > 1 else "")
               + (f"; fault admin (tests only) on 127.0.0.1:{ports['admin']}" if ports["admin"] else "")
               + "; SIGTERM or Ctrl-C stops", flush=True)
@@ -632,7 +636,17 @@ def parser() -> argparse.ArgumentParser:
     en.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     en.add_argument("--user", default="default", help="the one user name clients must give (with a password)")
     en.add_argument("--password-file", type=Path, default=None,
-                    help="require the password in this file (default: no authentication)")
+                    help="the password clients must give (default: a token generated into STORE/engine.token, "
+                         "mode 0600; clients set IMTEL_CLICKHOUSE_PASSWORD_FILE to it)")
+    en.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                    help="also accept this Host header value (default: loopback names only; repeatable)")
+    en.add_argument("--tls-cert", type=Path, default=None, help="serve HTTPS with this certificate (PEM chain)")
+    en.add_argument("--tls-key", type=Path, default=None, help="the private key of --tls-cert")
+    en.add_argument("--max-body-mb", type=_positive_int, default=128, help="largest request body (default 128)")
+    en.add_argument("--max-decompressed-mb", type=_positive_int, default=512,
+                    help="largest request body after Content-Encoding (default 512)")
+    en.add_argument("--max-connections", type=_positive_int, default=64,
+                    help="connections served at once, one thread each (default 64)")
     en.add_argument("--ready-file", type=Path, default=None, help="write the ports as JSON here once serving")
     en.add_argument("--listeners", type=_positive_int, default=1,
                     help="data ports: the first on --port, the others on free ports (faultable one by one)")

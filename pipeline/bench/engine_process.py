@@ -2,9 +2,10 @@
 
 In production the worker talks HTTP to a ClickHouse server, so its own memory does not hold the
 engine's. The benchmark reproduces that topology on one machine: ``imtel engine`` owns the run's
-store and serves it on a free loopback port, the worker gets ``IMTEL_CLICKHOUSE_DSN=http://...``,
-and both processes are measured, each from the kernel (``procstat``): the engine's cost is reported
-next to the worker's, never folded away.
+store and serves it on a free loopback port, the worker gets ``IMTEL_CLICKHOUSE_DSN=http://...``
+(with the engine's generated token as the DSN's user-info: the engine always authenticates, and
+the DSN is the one setting the runner passes), and both processes are measured, each from the
+kernel (``procstat``): the engine's cost is reported next to the worker's, never folded away.
 """
 
 from __future__ import annotations
@@ -22,16 +23,19 @@ from .runner import log_tail, spawn
 
 @dataclass
 class EngineProcess:
-    """A running ``imtel engine``: its process, store and data port."""
+    """A running ``imtel engine``: its process, store, data port and credentials."""
 
     proc: Popen
     store: Path
     port: int
     log: Path
+    user: str = "default"
+    password: str = ""
 
     @property
     def dsn(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        """The worker's ``IMTEL_CLICKHOUSE_DSN`` (the token is URL-safe; redacted wherever settings are shown)."""
+        return f"http://{self.user}:{self.password}@127.0.0.1:{self.port}"
 
     def cpu_seconds(self) -> float | None:
         return procstat.cpu_seconds(self.proc.pid)
@@ -54,4 +58,6 @@ def start_engine(run_dir: Path, timeout: float = 60.0) -> EngineProcess:
             procstat.stop(proc)
             raise RuntimeError(f"imtel engine did not start: {log_tail(log)}")
         time.sleep(0.05)
-    return EngineProcess(proc, store, int(json.loads(ready.read_text())["data"][0]), log)
+    info = json.loads(ready.read_text())
+    password = Path(info["password_file"]).read_text().strip()
+    return EngineProcess(proc, store, int(info["data"][0]), log, str(info["user"]), password)

@@ -13,6 +13,7 @@ and ingestion of the stream never stopped. Peak RSS is measured by ``tools/hosti
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -122,3 +123,47 @@ def test_hostile_messages_cost_bounded_dead_letters_and_never_stop_ingestion(pip
     assert len(letters) == len(cases) - 1  # every hostile message but the valid array: one letter each
     reasons = {m.headers["imtel-reason"].decode() for m in letters}
     assert {"many_invalid", "too_many_records", "too_large"} <= reasons
+
+
+def test_dead_letters_the_broker_refuses_are_recorded_not_retried_forever(pipeline_env: dict[str, str],
+                                                                           tmp_path: Path) -> None:
+    """The dead-letter topic's own max.message.bytes is lowered under the letters' size (as an operator
+    might, or a broker default): the real broker answers MSG_SIZE_TOO_LARGE, which no retry fixes. The
+    letters land in the ledger with that said, are counted, and the stream keeps flowing."""
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+
+    env = {**pipeline_env, "IMTEL_DEAD_LETTER_MAX_BYTES": "16384"}
+    s = Settings.from_env(env)
+    ensure_topics(s)
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
+    resource = ConfigResource(ConfigResource.Type.TOPIC, s.topic_dead_letters, incremental_configs=[
+        ConfigEntry("max.message.bytes", "2048", incremental_operation=AlterConfigOpType.SET)])
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(10)
+    worker = WorkerProcess("worker", env, tmp_path).start()
+    stream = Stream(s.kafka_bootstrap, s.topic_request_logs, rate=300, total=3000, seed=17)
+    producer = RecordingProducer(s.kafka_bootstrap)
+    try:
+        stream.start()
+        wait_for(lambda: worker.metric("imtel_rows_written_total", table="request_logs") > 200, 60,
+                 "the normal traffic to be stored", workers=[worker])
+        for i in range(5):  # invalid, 12 KB of random hex: ~6 KB even zstd-compressed, against a 2 KB limit
+            producer.send(s.topic_request_logs, b'{"x":"' + os.urandom(6000).hex().encode() + b'"}', b"1400000001", i)
+        producer.flush()
+        stream.join(60)
+        wait_for(lambda: worker.metric("imtel_rows_written_total", table="request_logs") >= stream.total, 60,
+                 "every valid record stored, the refused letters notwithstanding", workers=[worker])
+        wait_for(lambda: worker.metric("imtel_dead_letters_refused_total") >= 5, 30, "the refusals counted",
+                 workers=[worker])
+        assert worker.metric("imtel_write_failing_since_timestamp_seconds") == 0
+    finally:
+        stream.stop()
+        code = worker.stop(60)
+    assert code == 0, worker.log_text()[-3000:]
+    store = Path(env["IMTEL_CLICKHOUSE_DSN"].removeprefix("chdb://"))
+    ledger, stored = run_sql(store, ["SELECT src_offset, reason, detail FROM imtel.dead_letters ORDER BY src_offset",
+                                     "SELECT count(), uniqExact(request_id) FROM imtel.request_logs"], migrate=False)
+    assert [int(r[0]) for r in ledger] == sorted(p.offset for p in producer.placed.values())
+    assert all(r[1] == "missing_field" and "not on the dead-letter topic" in r[2] for r in ledger), ledger
+    assert "MSG_SIZE_TOO_LARGE" in " ".join(r[2] for r in ledger)
+    assert stored == [[stream.total, stream.total]]

@@ -2,12 +2,10 @@
 
 Credentials: a wrong ClickHouse password (an HTTP ClickHouse in front of a real engine that answers
 like a server: 516 AUTHENTICATION_FAILED, ``tests/support/ch_http_shim.py``) and a refused Kafka SASL/
-SCRAM login (the bundled broker with ``--authentication``) each end ``imtel`` with one clear line that
-names the settings to check, and the secret - read from a ``*_FILE`` secret file - appears in no
-output. Not testable here: a *successful* SASL login (with ``--authentication`` the bundled broker
-refuses its own ``tansu user create`` too, and users created before enabling it are lost on restart,
-its storage being memory) and Kafka TLS client certificates; those paths are librdkafka's, configured
-by ``Settings.kafka_config``.
+SCRAM login (a real Kafka node with a SCRAM-SHA-512 listener and its user created at format time) each
+end ``imtel`` with one clear line that names the settings to check, and the secret - read from a
+``*_FILE`` secret file - appears in no output; the right Kafka secret then works. Not tested here:
+Kafka TLS client certificates (librdkafka's path, configured by ``Settings.kafka_config``).
 
 Injection: SQL in every user input the CLI turns into a statement - named query name and parameters,
 report parameters, the erase reference and requester, the database, cluster and topic settings - is
@@ -26,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import embedded
+from pipeline.kafka_server import KafkaServer
 from tests.support.shim_process import SHIM
 
 from .conftest import free_port, run_sql
@@ -89,26 +87,43 @@ def test_a_wrong_clickhouse_password_is_one_clear_line_and_never_shown(
     assert RIGHT not in good.stdout + good.stderr
 
 
+def sasl_kafka(data: Path, password: str) -> tuple[KafkaServer, int]:
+    """A real Kafka node with a SASL_PLAINTEXT/SCRAM-SHA-512 listener beside its plaintext one; the user
+    ``imtel`` with ``password`` is created when the log dir is formatted (KRaft's way). Returns the node
+    (not started) and its SASL port."""
+    server = KafkaServer(data, format_args=["--add-scram", f"SCRAM-SHA-512=[name=imtel,password={password}]"])
+    sasl_port = free_port()
+    listeners = f"PLAINTEXT://127.0.0.1:{server.port},SASL_PLAINTEXT://127.0.0.1:{sasl_port}"
+    server.extra.update({
+        "listeners": f"{listeners},CONTROLLER://127.0.0.1:{server.controller_port}",
+        "advertised.listeners": listeners,
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+        "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config":
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;"})
+    return server, sasl_port
+
+
 def test_a_refused_kafka_sasl_login_is_one_clear_line_and_never_shown(pipeline_env: dict[str, str],
                                                                       tmp_path: Path) -> None:
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    log = open(tmp_path / "sasl-broker.log", "ab")  # noqa: SIM115 - owned by the child process
-    broker = subprocess.Popen([embedded.broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url",
-                               url, "--authentication"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    log.close()
+    """On a real Kafka with SCRAM users: the wrong secret is one clear line naming the settings, never
+    the secret; the right one works (so the refusal is the password's, not the setup's)."""
+    server, sasl_port = sasl_kafka(tmp_path / "sasl-kafka", "Right-secret-0815")
+    server.start()
     try:
-        embedded.wait_port("127.0.0.1", port)
         (tmp_path / "kafka-secret").write_text(SECRET)
-        env = {**pipeline_env, "IMTEL_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
+        (tmp_path / "right-secret").write_text("Right-secret-0815")
+        env = {**pipeline_env, "IMTEL_KAFKA_BOOTSTRAP": f"127.0.0.1:{sasl_port}",
                "IMTEL_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "IMTEL_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
                "IMTEL_KAFKA_SASL_USERNAME": "imtel", "IMTEL_KAFKA_SASL_PASSWORD_FILE": str(tmp_path / "kafka-secret")}
         for command in ("topics", "worker"):
             proc = imtel(env, command)
             assert_one_clear_line(proc, 1, "refused the SCRAM-SHA-512 login", "'imtel'", "IMTEL_KAFKA_SASL_PASSWORD")
         assert len(imtel(env, "topics").stderr.strip().splitlines()) == 1
+        good = imtel({**env, "IMTEL_KAFKA_SASL_PASSWORD_FILE": str(tmp_path / "right-secret")}, "topics")
+        assert good.returncode == 0, good.stderr[-2000:]
     finally:
-        embedded.stop(broker)
+        server.stop()
 
 
 SEED = textwrap.dedent("""

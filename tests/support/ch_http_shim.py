@@ -4,7 +4,8 @@ The server, its ClickHouse HTTP protocol and the fault injection live in ``pipel
 and ``pipeline/engine_faults.py``; this module re-exports what the tests use and keeps the old
 command line (``python tests/support/ch_http_shim.py --store DIR [--listeners N] --ready-file F
 [--password P]``) for tests that start it directly. That command enables the fault admin listener
-explicitly (on a free loopback port), as every test use of faults must.
+explicitly (on a free loopback port), as every test use of faults must. Without ``--password`` the
+engine's generated token (``STORE/engine.token``) is the password, as with ``imtel engine``.
 """
 
 from __future__ import annotations
@@ -18,17 +19,20 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from pipeline.engine_faults import MODES, Fault, FaultBook
 from pipeline.engine_server import (
+    TOKEN_FILE,
+    Access,
     Answer,
     Engine,
     EngineError,
     EngineServer,
     Statement,
     decode_body,
+    load_or_create_token,
     parse_statement,
     serve,
 )
 
-__all__ = ["MODES", "Answer", "Engine", "EngineError", "EngineServer", "Fault", "FaultBook", "Statement",
+__all__ = ["MODES", "Access", "Answer", "Engine", "EngineError", "EngineServer", "Fault", "FaultBook", "Statement",
            "decode_body", "main", "parse_statement"]
 
 
@@ -38,11 +42,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listeners", type=int, default=1, help="data listeners (faultable ports)")
     parser.add_argument("--ready-file", type=Path, required=True, help="JSON with the ports, written when serving")
     parser.add_argument("--user", default="default")
-    parser.add_argument("--password", default=None, help="require this password (default: no authentication)")
+    parser.add_argument("--password", default=None, help="require this password (default: the generated token)")
     args = parser.parse_args(argv)
     args.store.mkdir(parents=True, exist_ok=True)
-    serve(EngineServer(args.store, port=0, listeners=args.listeners, fault_admin_port=0, user=args.user,
-                       password=args.password), args.ready_file)
+    token = args.store / TOKEN_FILE
+    access = Access(args.password, args.user) if args.password else Access(load_or_create_token(token), args.user,
+                                                                             password_file=token.resolve())
+    serve(EngineServer(args.store, access=access, port=0, listeners=args.listeners, fault_admin_port=0),
+          args.ready_file)
 
 
 if __name__ == "__main__":

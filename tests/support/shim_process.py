@@ -4,6 +4,10 @@ enabled as a child process, and drive it from a test: DSNs, faults, SQL for asse
 The engine process owns the chDB store (one process per store); the test process never opens it. Test
 assertions read through the admin listener, which speaks the same HTTP interface but is never
 faulted, so what a test checks is what the real engine holds.
+
+The engine always authenticates: it generates its token into the store (``engine.token``, 0600) and
+names that file in its ready file. ``dsn()`` carries the token as the DSN's user-info, so a worker
+given it (``IMTEL_CLICKHOUSE_DSN``) authenticates without anything else; ``base_url()`` carries none.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class ShimProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.data_ports: list[int] = []
         self.admin_port = 0
+        self.user, self.password, self.password_file = "default", "", Path()
         self._client: Any = None
 
     def __enter__(self) -> ShimProcess:
@@ -54,6 +59,8 @@ class ShimProcess:
             time.sleep(0.05)
         info = json.loads(ready.read_text())
         self.data_ports, self.admin_port = list(info["data"]), int(info["admin"])
+        self.user, self.password = str(info["user"]), Path(info["password_file"]).read_text().strip()
+        self.password_file = Path(info["password_file"])
 
     def stop(self) -> None:
         if self._client is not None:
@@ -72,8 +79,17 @@ class ShimProcess:
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
     def dsn(self, listener: int = 0) -> str:
-        """What a worker sets as ``IMTEL_CLICKHOUSE_DSN`` to reach the store through ``listener``."""
+        """What a worker sets as ``IMTEL_CLICKHOUSE_DSN`` to reach the store through ``listener``
+        (with the engine's credentials: the token is URL-safe, no quoting needed)."""
+        return f"http://{self.user}:{self.password}@127.0.0.1:{self.data_ports[listener]}"
+
+    def base_url(self, listener: int = 0) -> str:
+        """The listener's URL without credentials (for requests that must be refused)."""
         return f"http://127.0.0.1:{self.data_ports[listener]}"
+
+    def auth_headers(self) -> dict[str, str]:
+        """The headers clickhouse-connect sends to authenticate."""
+        return {"X-ClickHouse-User": self.user, "X-ClickHouse-Key": self.password}
 
     # -- faults -------------------------------------------------------------------------------------
     def fault(self, mode: str, listener: int = 0, **spec: Any) -> dict[str, Any]:
@@ -90,7 +106,7 @@ class ShimProcess:
     def _control(self, method: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}/__faults", data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": "application/json", **self.auth_headers()})
         with urllib.request.urlopen(request, timeout=10) as response:
             return dict(json.loads(response.read()))
 
@@ -100,6 +116,6 @@ class ShimProcess:
         if self._client is None:
             import clickhouse_connect
 
-            self._client = clickhouse_connect.get_client(host="127.0.0.1", port=self.admin_port,
-                                                         send_receive_timeout=120)
+            self._client = clickhouse_connect.get_client(host="127.0.0.1", port=self.admin_port, username=self.user,
+                                                         password=self.password, send_receive_timeout=120)
         return [tuple(r) for r in self._client.query(sql, parameters=parameters or {}).result_rows]

@@ -1,0 +1,229 @@
+"""``imtel engine`` attacked as a real process, the way the security issue reached it.
+
+One engine process (started as a user starts it: ``imtel engine --store ... --port 0``, no fault
+admin) serves every test of this module. Each test plays one attacker: no credentials, a write over
+GET, a body too big to read, a gzip bomb before authentication, a slow client (slowloris), a foreign
+Host (DNS rebinding) or a web page's Origin, a header injected through ``query_id``, and SQL that
+reaches the local filesystem (``file()``, ``FROM INFILE``). The limits asserted are the stated ones
+(``pipeline.engine_server.Limits``, ``docs/security.md``).
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import clickhouse_connect
+import pytest
+
+from pipeline.engine_server import Limits
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+DECODED_MB = 64  # below the default 512, so the capped decompression test stays light on a shared machine
+
+
+@dataclass
+class Engine:
+    """The running engine: its process, port and the token it generated."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    token: str
+    token_file: Path
+
+    def rss_mb(self) -> float:
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+
+    def client(self, **kwargs: Any) -> Any:
+        return clickhouse_connect.get_client(host="127.0.0.1", port=self.port, username="default",
+                                             password=self.token, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    work = tmp_path_factory.mktemp("engine-attacks")
+    ready = work / "ready.json"
+    log = open(work / "engine.log", "ab")  # noqa: SIM115 - owned by the child process
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "engine", "--store", str(work / "store"),
+                             "--port", "0", "--ready-file", str(ready), "--max-decompressed-mb",
+                             str(DECODED_MB)], cwd=REPO, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, (work / "engine.log").read_text()[-2000:]
+        time.sleep(0.05)
+    info = json.loads(ready.read_text())
+    token_file = Path(info["password_file"])
+    running = Engine(proc, int(info["data"][0]), token_file.read_text().strip(), token_file)
+    client = running.client()
+    client.command("CREATE DATABASE IF NOT EXISTS imtel")
+    client.command("CREATE TABLE IF NOT EXISTS imtel.request_logs (id UInt64) ENGINE = MergeTree ORDER BY id")
+    client.insert("imtel.request_logs", [[1], [2], [3]], column_names=["id"])
+    client.close()
+    yield running
+    proc.terminate()
+    proc.wait(15)
+
+
+def exchange(port: int, head: str, body: bytes = b"", timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """Send a raw request (``head`` without the final blank line), read one answer: status, headers, body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n\r\n" + body)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed without an answer after {data!r}"
+            data += chunk
+        head_bytes, _, rest = data.partition(b"\r\n\r\n")
+        lines = head_bytes.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        while len(rest) < int(headers.get("content-length", 0)):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+        return int(lines[0].split()[1]), headers, rest
+
+
+def request(engine: Engine, target: str, *, auth: bool = True, method: str = "GET", extra: str = "",
+            body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    credentials = f"\nX-ClickHouse-User: default\nX-ClickHouse-Key: {engine.token}" if auth else ""
+    head = (f"{method} {target} HTTP/1.1\nHost: 127.0.0.1:{engine.port}\nContent-Length: {len(body)}"
+            f"{credentials}{extra}")
+    return exchange(engine.port, head, body)
+
+
+def gzip_of_zeros(size: int) -> bytes:
+    """A gzip body of ``size`` zero bytes, built 1 MiB at a time (the test never holds ``size`` bytes)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = b"\0" * (1 << 20)
+    parts = [packer.compress(block[:min(len(block), size - done)]) for done in range(0, size, len(block))]
+    return b"".join([*parts, packer.flush()])
+
+
+def rows(engine: Engine) -> int:
+    client = engine.client()
+    try:
+        return int(client.command("SELECT count() FROM imtel.request_logs"))
+    finally:
+        client.close()
+
+
+def test_the_token_is_generated_private(engine: Engine) -> None:
+    assert engine.token_file.stat().st_mode & 0o777 == 0o600 and len(engine.token) >= 40
+
+
+def test_no_credentials_no_answer_and_get_cannot_write(engine: Engine) -> None:
+    drop = "/?query=DROP%20TABLE%20imtel.request_logs"
+    status, headers, body = request(engine, drop, auth=False)
+    assert status == 401 and headers["x-clickhouse-exception-code"] == "516", body
+    status, headers, body = request(engine, drop)  # authenticated, but over GET
+    assert status == 403 and headers["x-clickhouse-exception-code"] == "164", body
+    status, _, body = request(engine, "/?query=SELECT%20count()%20FROM%20imtel.request_logs", auth=False)
+    assert status == 401 and b"3" not in body
+    wrong = f"\nX-ClickHouse-User: default\nX-ClickHouse-Key: {engine.token[:-1]}x"
+    status, _, _ = request(engine, "/?query=SELECT%201", auth=False, extra=wrong)
+    assert status == 401
+    assert rows(engine) == 3
+
+
+def test_a_body_over_the_cap_is_refused_unread(engine: Engine) -> None:
+    """Content-Length 1 GiB and not one body byte sent: the answer comes anyway (413), so it was not read."""
+    before = engine.rss_mb()
+    status, headers, body = exchange(engine.port, f"POST / HTTP/1.1\nHost: localhost\nX-ClickHouse-User: default\n"
+                                                  f"X-ClickHouse-Key: {engine.token}\nContent-Length: {1 << 30}")
+    assert status == 413 and headers["x-clickhouse-exception-code"] == "307", body
+    assert headers.get("connection") == "close"
+    assert engine.rss_mb() - before < 20
+
+
+def test_a_gzip_bomb_before_authentication_costs_nothing(engine: Engine) -> None:
+    bomb = gzip_of_zeros(200 << 20)  # ~200 KB that would grow to 200 MB
+    before = engine.rss_mb()
+    status, _, _ = request(engine, "/", auth=False, method="POST", extra="\nContent-Encoding: gzip", body=bomb)
+    assert status == 401
+    assert engine.rss_mb() - before < 20
+    # authenticated, the decompressed size is capped as it is produced
+    huge = gzip_of_zeros((DECODED_MB + 1) << 20)
+    status, headers, _ = request(engine, "/?query=INSERT%20INTO%20imtel.request_logs%20FORMAT%20RowBinary",
+                                 method="POST", extra="\nContent-Encoding: gzip", body=huge)
+    assert status == 413 and headers["x-clickhouse-exception-code"] == "307"
+    assert rows(engine) == 3
+
+
+def test_a_slow_client_is_cut_off(engine: Engine) -> None:
+    """Slowloris: a request head that grows by one byte a second is closed at ``header_timeout``."""
+    limit = Limits().header_timeout
+    with socket.create_connection(("127.0.0.1", engine.port), timeout=5) as sock:
+        start = time.monotonic()
+        sock.sendall(b"GET /?query=SELECT%201 HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        closed_after = None
+        while time.monotonic() - start < limit + 10:
+            readable, _, _ = select.select([sock], [], [], 1.0)
+            if readable and sock.recv(4096) == b"":
+                closed_after = time.monotonic() - start
+                break
+            try:
+                sock.sendall(b"a")
+            except OSError:
+                closed_after = time.monotonic() - start
+                break
+    assert closed_after is not None and closed_after <= limit + 2, closed_after
+
+
+def test_foreign_hosts_and_web_pages_are_refused(engine: Engine) -> None:
+    auth = f"X-ClickHouse-User: default\nX-ClickHouse-Key: {engine.token}\nContent-Length: 0"
+    for host in ("evil.example", "evil.example:8123", "localhost.evil.example", "10.1.2.3"):
+        status, headers, _ = exchange(engine.port, f"GET /?query=SELECT%201 HTTP/1.1\nHost: {host}\n{auth}")
+        assert status == 403 and headers["x-clickhouse-exception-code"] == "497", host
+    page = "\nOrigin: http://evil.example\nContent-Type: text/plain"
+    status, _, _ = request(engine, "/?query=SELECT%201", method="POST", extra=page)
+    assert status == 403
+    status, _, body = request(engine, "/?query=SELECT%201")
+    assert status == 200 and body == b"1\n"
+
+
+def test_an_injected_header_in_query_id_is_refused(engine: Engine) -> None:
+    for target in ("/?query=SELECT%201&query_id=q%0D%0AX-Injected:%201",
+                   "/?query=SELECT%201&default_format=TSV%0D%0AX-Injected:%201"):
+        status, headers, _ = request(engine, target)
+        assert status == 400 and "x-injected" not in headers, headers
+        assert "\r" not in headers.get("x-clickhouse-query-id", "")
+    status, headers, _ = request(engine, "/?query=SELECT%201&query_id=run-42.a:b_c")
+    assert status == 200 and headers["x-clickhouse-query-id"] == "run-42.a:b_c"
+
+
+@pytest.mark.parametrize("sql", ["SELECT * FROM file('/etc/passwd', 'LineAsString')", "SELECT file('/etc/passwd')",
+                                 "INSERT INTO imtel.request_logs FROM INFILE '/etc/hostname' FORMAT TSV",
+                                 "SELECT 1 INTO OUTFILE '/tmp/imtel-attack.txt'",
+                                 "SELECT * FROM url('http://127.0.0.1:1/', 'TSV', 'a String')",
+                                 "SELECT 1; DROP TABLE imtel.request_logs"])
+def test_sql_that_reaches_outside_the_store_is_refused(engine: Engine, sql: str) -> None:
+    client = engine.client()
+    try:
+        with pytest.raises(Exception, match="Code: 497") as err:
+            client.command(sql)
+        assert "root:" not in str(err.value)
+    finally:
+        client.close()
+    assert rows(engine) == 3
+
+
+def test_a_non_loopback_bind_without_tls_is_an_error(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "engine", "--store", str(tmp_path / "s"),
+                           "--host", "0.0.0.0", "--port", "0"], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "--tls-cert" in proc.stderr, proc.stderr
