@@ -196,10 +196,47 @@ class ClickHouseStore:
 
 
 def connect(dsn: str, user: str = "default", password: str = "", timeout: float = 60.0, **kwargs: Any) -> Any:
-    """A clickhouse-connect client: embedded chDB (``chdb:///path``) or an HTTP server."""
+    """A clickhouse-connect client: embedded chDB (``chdb:///path``) or an HTTP server. ``settings=`` (session
+    settings) applies to both; other keyword arguments are HTTP transport options."""
     import clickhouse_connect
 
     if dsn.startswith("chdb:"):
-        return clickhouse_connect.get_client(dsn=dsn)
+        return _open_chdb(dsn, kwargs.get("settings"))
     return clickhouse_connect.get_client(dsn=dsn, username=user, password=password,
                                          connect_timeout=5, send_receive_timeout=timeout, **kwargs)
+
+
+def _open_chdb(dsn: str, settings: dict[str, Any] | None, wait_s: float = 20.0) -> Any:
+    """Open an embedded store, waiting while another process holds its lock: one process per store, and
+    a CLI command that found no running worker opens it directly for a moment (e.g. ``imtel query`` in
+    a second terminal while ``imtel embedded`` still starts its broker). Waiting out that moment beats
+    failing the worker's start."""
+    import clickhouse_connect
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return clickhouse_connect.get_client(dsn=dsn, settings=settings)
+        except Exception as exc:  # chDB reports a held lock as a ProgrammingError with the server's text
+            held = any(m in str(exc) for m in ("Cannot lock file", "Another server instance",
+                                               "Unable to open the chdb engine"))
+            if not held or time.monotonic() > deadline:
+                raise
+            log.info("the embedded store is held by another process; waiting for it")
+            time.sleep(0.5)
+
+
+def read_settings(max_seconds: float) -> dict[str, Any]:
+    """Session settings of a client that only serves reads to the web endpoints: it cannot write
+    (``readonly=2`` still lets the driver pass per-query settings), and one request cannot hold the
+    engine for longer than ``max_seconds`` or return more than a million rows."""
+    return {"readonly": 2, "max_execution_time": int(max_seconds), "max_result_rows": 1_000_000,
+            "result_overflow_mode": "throw"}
+
+
+def connect_reader(dsn: str, user: str = "default", password: str = "", max_seconds: float = 30.0) -> Any:
+    """A second client on the same store for reads (its own chDB handle, or its own HTTP pool), so that a
+    slow read never waits on, or makes wait, the insert lock of the writing ``ClickHouseStore``: chDB runs
+    queries of separate handles on one path concurrently. ClickHouse stops the query after ``max_seconds``;
+    the HTTP timeout leaves it 5 s more to say so."""
+    return connect(dsn, user, password, timeout=max_seconds + 5, settings=read_settings(max_seconds))
