@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test venv lint unit integration generate clean bench bench-env
+.PHONY: run test venv lint unit integration generate clean bench bench-env fuzz
 
 $(BIN)/imtel: pyproject.toml pipeline/_fastlog.c
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,15 @@ integration: venv
 # wall time on 2 cores (measured: 594 s one at a time, 320 s so; each test took about as long as alone).
 test: lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# The native parser (pipeline/_fastlog.c) under libFuzzer + ASan + UBSan, longer than the ~20 s of
+# `make test` (tests/unit/test_fuzz_fastlog.py). Needs clang-14 and libclang-rt-14-dev (Debian).
+# The corpus grows in FUZZ_DIR across runs; a crash input is left there and named on failure.
+FUZZ_SECONDS ?= 600
+FUZZ_JOBS ?= 1
+FUZZ_DIR ?= /tmp/imtel-fuzz-fastlog
+fuzz: venv
+	$(BIN)/python -m tests.fuzz.fastlog --seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS) --workdir $(FUZZ_DIR)
 
 generate: venv
 	$(BIN)/python -m pipeline.dashboards

@@ -34,6 +34,9 @@ static int buf_reserve(Buf *b, Py_ssize_t extra) {
 }
 
 static int buf_put(Buf *b, const void *src, Py_ssize_t n) {
+    /* Nothing to copy: a column whose first strings are empty ("" exception) has no buffer yet, and
+     * NULL + 0 or memcpy(NULL, ..., 0) is undefined behaviour (found by tests/fuzz, UBSan). */
+    if (n == 0) return 0;
     if (buf_reserve(b, n) < 0) return -1;
     memcpy(b->p + b->len, src, (size_t)n);
     b->len += n;

@@ -108,12 +108,27 @@ def table_facts(store: Any, cluster: str = "") -> dict[str, Any]:
     for entry in tables:
         column = counted_from.get(entry["table"])
         if entry["database"] == store.db and column:
-            rows = store.query(f"SELECT count(), dateDiff('second', min({column}), now()) "
-                               f"FROM {store.db}.{entry['table']}").result_rows
+            rows = store.query(f"SELECT count(), dateDiff('second', min({quote_identifier(column)}), now()) "
+                               f"FROM {qualified(store.db, entry['table'])}").result_rows
             count = int(rows[0][0])  # min() of no rows is 1970, not NULL
             age = _num(rows[0][1]) if count else None
             oldest[entry["table"]] = {"column": column, "rows": count, "oldest_age_s": age}
     return {"database": store.db, "tables": tables, "oldest": oldest, "apps": _app_facts(store, tables)}
+
+
+def quote_identifier(name: str) -> str:
+    """``name`` as one ClickHouse identifier, in backticks, whatever characters it holds.
+
+    Table and column names here are read from ``system.tables`` / ``system.columns``: whoever may create
+    a table in the database chooses them, so they are quoted, never spliced in as they are (a name like
+    ``t`; DROP TABLE x; --`` would otherwise end the identifier and run as SQL). Inside backticks
+    ClickHouse reads backslash escapes, so the backslash is escaped first, then the backtick."""
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def qualified(database: str, table: str) -> str:
+    """``database.table``, each part quoted (see ``quote_identifier``)."""
+    return f"{quote_identifier(database)}.{quote_identifier(table)}"
 
 
 def ttl_column(ttl: str | None, columns: set[str]) -> str | None:
@@ -138,7 +153,8 @@ def _app_facts(store: Any, tables: list[dict[str, Any]]) -> dict[str, Any]:
     ages: dict[str, dict[str, float]] = {}
     for table, column in APP_SCOPED_TABLES.items():
         if overrides and table in names:
-            rows = store.query(f"SELECT sdk_app_id, dateDiff('second', min({column}), now()) FROM {store.db}.{table} "
+            rows = store.query(f"SELECT sdk_app_id, dateDiff('second', min({quote_identifier(column)}), now()) "
+                               f"FROM {qualified(store.db, table)} "
                                "WHERE sdk_app_id IN {apps:Array(UInt32)} GROUP BY sdk_app_id",
                                {"apps": sorted(overrides)}).result_rows
             ages[table] = {str(a): float(age) for a, age in rows}

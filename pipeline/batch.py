@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from .decode import Reject
 from .fastlog import Columns
+from .privacy import scrub_causes
 from .records import MonitoringSample, RequestLog
 
 LOG_SCHEMA = pa.schema([
@@ -180,8 +181,11 @@ class Buffer:
             self.started = now
 
     def add_logs(self, batch: pa.RecordBatch) -> None:
+        """Buffer request-log rows, their exception causes scrubbed. Both decoders (the native one's
+        columns, msgspec's records) meet here, so this is the one place the scrub is applied: nothing
+        with a raw cause is buffered, stored, aggregated or dead-lettered as a refused row."""
         if batch.num_rows:
-            self.logs.append(batch)
+            self.logs.append(_scrubbed(batch))
             self.records += batch.num_rows
 
     def add_samples(self, batch: pa.RecordBatch) -> None:
@@ -202,6 +206,16 @@ class Buffer:
 
     def sample_table(self, batch_id: int) -> pa.Table:
         return _with_batch_id(self.samples, _SAMPLE_BODY, SAMPLE_SCHEMA, batch_id)
+
+
+_EXCEPTION = LOG_SCHEMA.get_field_index("exception")
+
+
+def _scrubbed(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` with its ``exception`` column through ``privacy.scrub_causes``."""
+    causes = batch.column(_EXCEPTION)
+    clean = scrub_causes(causes)
+    return batch if clean is causes else batch.set_column(_EXCEPTION, batch.schema.field(_EXCEPTION), clean)
 
 
 def dead_letter_table(letters: Sequence[DeadLetter], batch_id: int) -> pa.Table:

@@ -303,12 +303,58 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def _query_via_worker(s: Settings, name: str, raw: dict[str, str]) -> dict[str, Any] | None:
     """Ask a running worker (it owns the embedded store); None when none answers."""
-    url = f"http://{s.web_host}:{s.web_port}/queries/{name}?{urllib.parse.urlencode(raw)}"
+    answer = _worker_call(s, f"/queries/{name}?{urllib.parse.urlencode(raw)}", timeout=s.web_query_timeout_seconds + 10)
+    return None if answer is None else dict(json.loads(answer))
+
+
+WORKER_TOKEN_FILE = "worker.token"  # pipeline.app.TOKEN_FILE (not imported: that would load faust)
+OPEN_WORKER_PATHS = ("/metrics", "/healthz", "/readyz")
+
+
+def _worker_token(s: Settings) -> str | None:
+    """The token of the worker's data endpoints, found without the user typing it: IMTEL_WEB_TOKEN(_FILE),
+    else the per-run file the worker wrote into IMTEL_DATA_DIR (0600, so only its user reads it). None
+    when there is neither: no worker of this data folder has run."""
+    if s.web_token:
+        return s.web_token
     try:
-        with urllib.request.urlopen(url, timeout=30) as resp:
-            return dict(json.loads(resp.read()))
+        return (Path(s.data_dir) / WORKER_TOKEN_FILE).read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _worker_url(s: Settings, path: str) -> str:
+    """URL of ``path`` on the worker's web port: a wildcard bind (0.0.0.0, ::) is reached on loopback, whose
+    name the worker answers (it refuses other Host names on its data endpoints)."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(s.web_host, s.web_host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{s.web_port}{path}"
+
+
+def _worker_call(s: Settings, path: str, body: dict[str, Any] | None = None, timeout: float = 300) -> bytes | None:
+    """GET ``path`` (or POST ``body`` as JSON) on a running worker, with its token: the raw answer, or None
+    when no worker answers (or, for a data endpoint, no token exists to ask one with). An error the
+    worker returns is a one-line UsageError."""
+    headers = {"Content-Type": "application/json"}
+    if not path.startswith(OPEN_WORKER_PATHS):
+        token = _worker_token(s)
+        if token is None:
+            return None
+        headers["Authorization"] = f"Bearer {token}"
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(_worker_url(s, path), data=data, method="GET" if body is None else "POST",
+                                     headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return bytes(resp.read())
     except urllib.error.HTTPError as exc:
-        raise UsageError(json.loads(exc.read()).get("error", str(exc))) from None
+        try:
+            message = str(json.loads(exc.read()).get("error", exc))
+        except ValueError:
+            message = f"the worker on port {s.web_port} answered {exc.code} for {path.split('?')[0]}"
+        if exc.code == 401:
+            message += (f" (the worker on port {s.web_port} refused the token of {s.data_dir}/{WORKER_TOKEN_FILE}: "
+                        "is it another pipeline's worker? use its IMTEL_DATA_DIR or IMTEL_WEB_TOKEN)")
+        raise UsageError(message) from None
     except (urllib.error.URLError, OSError):
         return None
 
@@ -369,34 +415,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _report_via_worker(s: Settings, raw: dict[str, str]) -> str | None:
     """The report rendered by a running worker (it owns the embedded store); None when none answers."""
-    url = f"http://{s.web_host}:{s.web_port}/report?{urllib.parse.urlencode(raw)}"
-    try:
-        with urllib.request.urlopen(url, timeout=120) as resp:
-            return str(resp.read().decode("utf-8"))
-    except urllib.error.HTTPError as exc:
-        raise UsageError(json.loads(exc.read()).get("error", str(exc))) from None
-    except (urllib.error.URLError, OSError):
-        return None
+    answer = _worker_call(s, f"/report?{urllib.parse.urlencode(raw)}", timeout=120)
+    return None if answer is None else answer.decode("utf-8")
 
 
 def _ask_worker(s: Settings, path: str, body: dict[str, Any] | None = None) -> Any:
     """GET (or POST ``body`` as JSON) a running worker's web port: with the embedded store only the
     worker may open it. None when no worker answers; an error it returns is a one-line UsageError."""
-    url = f"http://{s.web_host}:{s.web_port}{path}"
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
-                                     headers={"Content-Type": "application/json", "X-Imtel-Request": "cli"})
-    try:
-        with urllib.request.urlopen(request, timeout=300) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            message = json.loads(exc.read()).get("error", str(exc))
-        except ValueError:
-            message = f"the worker on port {s.web_port} answered {exc.code} for {path}"
-        raise UsageError(message) from None
-    except (urllib.error.URLError, OSError):
-        return None
+    answer = _worker_call(s, path, body)
+    return None if answer is None else json.loads(answer)
 
 
 def _direct_store(s: Settings) -> Any:

@@ -2,8 +2,9 @@
 
 Naming: prefix ``imtel_``, base units, ``_total`` counters, ``_seconds`` histograms. Labels are
 bounded: ``topic``/``table``/``reason``/``kind``/``outcome`` come from closed sets, ``partition`` from
-the topic's partition count, and ``app`` from ``AppLabeler`` (the first ``top_n`` apps seen keep their
-sdk_app_id, the rest collapse into ``other``). Never an IP, a request id or a free-text cause.
+the topic's partition count, and ``app`` from ``AppLabeler`` (at most ``top_n`` apps keep their
+sdk_app_id: registered apps first, then the busiest by recent traffic; the rest collapse into ``other``).
+Never an IP, a request id or a free-text cause.
 
 The hot path records once per batch: ``BatchHistogram`` takes bucket counts computed with numpy
 instead of one ``observe()`` call per record (2 µs each would cost ~40% of a core at 200k records/s).
@@ -11,8 +12,10 @@ instead of one ``observe()`` call per record (2 µs each would cost ~40% of a co
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
@@ -30,20 +33,75 @@ OTHER = "other"
 
 
 class AppLabeler:
-    """Bounded ``app`` label: the first ``top_n`` distinct apps keep their id, the rest are 'other'."""
+    """Bounded ``app`` label: at most ``top_n`` apps keep their id, the rest are 'other'.
 
-    def __init__(self, top_n: int) -> None:
-        self.top_n = top_n
-        self._known: dict[int, str] = {}
+    Who holds the ``top_n`` slots: apps of the ``applications`` registry (``register``) first, then the
+    apps with the most requests, counted with exponential decay (half-life ``half_life_s``). Not the
+    first apps seen: sdk_app_id comes from untrusted messages, so a producer sending forged ids early
+    (or right after a restart) would hold every slot for good and push real apps into 'other'. Here a
+    forged id takes a slot only while one is free, loses it to any app with more recent traffic (twice
+    the weakest labelled app's score: labels do not flap between close rivals), and never takes one
+    from a registered app. An evicted label is handed out by ``evicted`` so its series can be removed:
+    the label set stays bounded. Scores of unlabelled apps are pruned, so a flood of ids costs bounded
+    memory."""
+
+    def __init__(self, top_n: int, half_life_s: float = 600.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.top_n, self.half_life_s, self.clock = top_n, half_life_s, clock
+        self._t0 = clock()
+        self._scores: dict[int, float] = {}  # requests weighted by 2**(age / half-life): decay without a sweep
+        self._labelled: set[int] = set()
+        self._registered: frozenset[int] = frozenset()
+        self._evicted: list[str] = []
         self._lock = threading.Lock()
 
-    def label(self, sdk_app_id: int) -> str:
-        known = self._known.get(sdk_app_id)
-        if known is not None:
-            return known
+    def register(self, sdk_app_ids: Iterable[int]) -> None:
+        """The registry's apps: preferred for a slot (up to ``top_n`` of them) over unregistered ones."""
         with self._lock:
-            value = str(sdk_app_id) if len(self._known) < self.top_n else OTHER
-            return self._known.setdefault(sdk_app_id, value)
+            self._registered = frozenset(sdk_app_ids)
+
+    def label(self, sdk_app_id: int, requests: int = 1) -> str:
+        """The label for ``requests`` new requests of an app (counted towards its slot)."""
+        with self._lock:
+            self._count(sdk_app_id, requests)
+            if sdk_app_id in self._labelled or self._claim(sdk_app_id):
+                return str(sdk_app_id)
+            return OTHER
+
+    def evicted(self) -> list[str]:
+        """Labels that lost their slot since the last call (and have not won one back)."""
+        with self._lock:
+            gone, self._evicted = self._evicted, []
+            return [g for g in gone if int(g) not in self._labelled]
+
+    def _count(self, app: int, requests: int) -> None:
+        weight = 2.0 ** ((self.clock() - self._t0) / self.half_life_s)
+        if weight > 1e100:  # rescale everything before the weights overflow
+            self._scores = {a: v / weight for a, v in self._scores.items()}
+            self._t0, weight = self.clock(), 1.0
+        self._scores[app] = self._scores.get(app, 0.0) + requests * weight
+        if len(self._scores) > 20 * self.top_n + 1000:
+            keep = sorted(self._scores, key=self._scores.__getitem__, reverse=True)[:4 * self.top_n]
+            self._scores = {a: self._scores[a] for a in {*keep, *self._labelled, app}}
+
+    def _claim(self, app: int) -> bool:
+        """Give ``app`` a slot if one is free or it beats the weakest holder it may displace."""
+        if len(self._labelled) < self.top_n:
+            self._labelled.add(app)
+            return True
+        registered = app in self._registered
+        # a registered app displaces the weakest unregistered one; an unregistered app, only an
+        # unregistered one with less than half its score
+        rivals = [a for a in self._labelled if a not in self._registered]
+        if not rivals:
+            return False
+        weakest = min(rivals, key=lambda a: self._scores.get(a, 0.0))
+        if not registered and self._scores[app] <= 2 * self._scores.get(weakest, 0.0):
+            return False
+        self._labelled.discard(weakest)
+        self._labelled.add(app)
+        self._evicted.append(str(weakest))
+        return True
 
 
 class BatchHistogram(Collector):
@@ -62,6 +120,11 @@ class BatchHistogram(Collector):
             series = self._series.setdefault(labels, [np.zeros(len(self.edges) + 1, np.int64), 0.0])
             series[0] += counts
             series[1] += total
+
+    def remove(self, labels: tuple[str, ...]) -> None:
+        """Forget one label set's series (an app label that lost its slot)."""
+        with self._lock:
+            self._series.pop(labels, None)
 
     def observe_many(self, labels: tuple[str, ...], values: np.ndarray) -> None:
         """Bucket an array of observations with numpy and add them."""
@@ -154,11 +217,19 @@ class Metrics:
         self.latency = BatchHistogram("imtel_request_latency_seconds",
                                       "IM API request latency by app; bucket edges at the SLO thresholds.",
                                       ["app"], LATENCY_BUCKETS_S, r)
+        self.registry_retries = Counter("imtel_registry_update_retries_total",
+                                        "Failed attempts to store an application registry update (each is "
+                                        "retried with backoff; growing: the registry is stalled).", registry=r)
 
     def record_slis(self, summary: Summary) -> None:
         """Per-app SLIs from one acknowledged batch (one update per app, not per record)."""
         for app_id, s in summary.items():
-            app = self.apps.label(app_id)
+            app = self.apps.label(app_id, s.requests)
             self.requests.labels(app, "success").inc(s.requests - s.failures)
             self.requests.labels(app, "failure").inc(s.failures)
             self.latency.add((app,), s.slo_buckets, s.latency_sum_ms / 1000.0)
+        for gone in self.apps.evicted():  # its requests count under 'other' from now on: keep labels bounded
+            for outcome in ("success", "failure"):
+                with contextlib.suppress(KeyError):
+                    self.requests.remove(gone, outcome)
+            self.latency.remove((gone,))

@@ -18,8 +18,11 @@ little *before* they reach the app's limit. The retention audit checks the resul
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -28,6 +31,7 @@ import msgspec
 
 from .migrations import data_table
 from .policy import Policy
+from .sinks.clickhouse import InsertError, classify
 
 log = logging.getLogger(__name__)
 
@@ -80,26 +84,123 @@ def row(update: AppUpdate, now: datetime | None = None) -> list[Any]:
 COLUMNS = ["sdk_app_id", "name", "status", "created_at", "terminated_at", "retention_days", "updated_at"]
 
 
-def apply_update(store: Any, value: bytes, cluster: str = "") -> bool:
-    """Decode one update and upsert it; invalid updates are logged (by reason) and skipped.
+def apply_update(store: Any, value: bytes | None, cluster: str = "", key: bytes | None = None,
+                 now: datetime | None = None) -> bool:
+    """Decode one update and upsert it (``store_update``); tombstones and invalid updates are logged and
+    skipped (False). A failed write raises ``InsertError``: the caller retries (``apply_until_stored``)."""
+    update = decode_update(value, key)
+    if update is None:
+        return False
+    store_update(store, update, cluster, now)
+    return True
 
-    On termination the table is merged right away (tiny table): the app's older versions, which carry
-    no termination time and so never expire, are replaced by the terminated one, whose TTL then
-    removes the app's configuration 60 days later. Without that merge an old version could outlive
-    the terminated one in another part and bring the app back as active."""
+
+def decode_update(value: bytes | None, key: bytes | None = None) -> AppUpdate | None:
+    """The update a message carries, or None (logged) for a tombstone or an invalid update.
+
+    A tombstone (no value) is skipped on purpose: an app leaves the registry by an update with
+    ``status=terminated``, whose TTL erases it later; a deleted key must not erase it at once (the
+    topic is compacted, so a tombstone is only the broker forgetting old versions)."""
+    if value is None:
+        log.info("registry tombstone (key %s) skipped: apps are removed by a 'terminated' update",
+                 (key or b"")[:32].decode(errors="replace"))
+        return None
     try:
-        update = msgspec.json.decode(value, type=AppUpdate)
+        return msgspec.json.decode(value, type=AppUpdate)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         log.warning("invalid application registry update skipped: %s", str(exc)[:200])
-        return False
+        return None
+
+
+def store_update(store: Any, update: AppUpdate, cluster: str = "", now: datetime | None = None) -> None:
+    """Upsert one update; raises ``InsertError`` (classified) when ClickHouse does not take it.
+
+    ``now`` is the row's version (``updated_at``): the agent passes the message's Kafka timestamp, so an
+    update applied again after a retry or a replay keeps its place in the app's history instead of
+    overtaking a later one. On termination the table is merged right away (tiny table): the app's older
+    versions, which carry no termination time and so never expire, are replaced by the terminated one,
+    whose TTL then removes the app's configuration 60 days later. Without that merge an old version
+    could outlive the terminated one in another part and bring the app back as active."""
     with store.lock:
-        store.client.insert(f"{store.db}.applications", [row(update)], column_names=COLUMNS)
+        try:
+            store.client.insert(f"{store.db}.applications", [row(update, now)], column_names=COLUMNS)
+        except Exception as exc:
+            raise classify(exc) from exc
         if update.status == "terminated":
             try:
                 store.client.command(f"OPTIMIZE TABLE {data_table(store.db, 'applications', cluster)} FINAL")
             except Exception as exc:  # the update is stored; merge_terminated_versions retries the merge
                 log.warning("registry merge after a termination failed, retried later: %s", str(exc)[:200])
-    return True
+
+
+# The agent retries a failed write of one update with backoff, first after RETRY_FIRST_S, doubling up to
+# RETRY_MAX_S, for as long as it takes (an outage must not lose an update); it logs at most once per
+# RETRY_LOG_EVERY_S while it waits, and once when the update is stored.
+RETRY_FIRST_S, RETRY_MAX_S, RETRY_LOG_EVERY_S = 0.5, 10.0, 60.0
+Runner = Callable[..., Awaitable[Any]]
+
+
+async def _in_executor(fn: Callable[..., Any], *args: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+@dataclass
+class RetryLog:
+    """Bounded log noise for one update that waits for ClickHouse: the first failure, then one line
+    per ``every`` seconds, then the recovery."""
+
+    app: int
+    clock: Callable[[], float] = time.monotonic
+    every: float = RETRY_LOG_EVERY_S
+    failures: int = 0
+    started: float = 0.0
+    logged: float = float("-inf")
+
+    def failed(self, exc: InsertError, delay: float) -> None:
+        now = self.clock()
+        self.started = self.started or now
+        self.failures += 1
+        if now - self.logged >= self.every:
+            self.logged = now
+            log.warning("registry update for app %d not stored (%s); attempt %d failed, retrying every <= %.0f s "
+                        "(next in %.1f s), nothing after it is committed", self.app, exc, self.failures,
+                        RETRY_MAX_S, delay)
+
+    def stored(self) -> None:
+        if self.failures:
+            log.info("registry update for app %d stored after %d failed attempts (%.1f s)", self.app,
+                     self.failures, self.clock() - self.started)
+
+
+async def apply_until_stored(store: Any, value: bytes | None, cluster: str = "", retries: Any = None,
+                             key: bytes | None = None, now: datetime | None = None,
+                             sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+                             run: Runner = _in_executor) -> bool:
+    """Store one update from the applications topic, retrying (with backoff) until ClickHouse takes it;
+    False for a tombstone or an invalid update (skipped). The caller acks the message afterwards, so
+    its offset is committed only once the update is stored; ``retries`` (a counter) counts failed
+    attempts. Waiting here holds back the partition, which is the point: updates stay in order."""
+    update = decode_update(value, key)
+    if update is None:
+        return False
+    trail, delay = RetryLog(update.sdk_app_id), RETRY_FIRST_S
+    while True:
+        try:
+            await run(store_update, store, update, cluster, now)
+        except InsertError as exc:
+            trail.failed(exc, delay)
+            if retries is not None:
+                retries.inc()
+            await sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+            continue
+        trail.stored()
+        return True
+
+
+def message_time(timestamp: float | None) -> datetime | None:
+    """A Kafka message timestamp (seconds; None or <= 0 when the broker has none) as a version time."""
+    return datetime.fromtimestamp(timestamp, UTC) if timestamp and timestamp > 0 else None
 
 
 def list_apps(store: Any) -> list[dict[str, Any]]:

@@ -19,12 +19,14 @@ from typing import Any
 PREFIX = "IMTEL_"
 PII_MODES = ("prefix", "hash", "drop")
 ASSIGNORS = {"consumer": ("range", "uniform"), "classic": ("range", "cooperative-sticky", "roundrobin")}
-SECRET_FIELDS = frozenset({"kafka_sasl_password", "clickhouse_password", "pii_hash_key"})
+SECRET_FIELDS = frozenset({"kafka_sasl_password", "clickhouse_password", "pii_hash_key", "web_token"})
 # Names that end up in SQL text (identifiers cannot be bound parameters) or in Kafka requests: checked
 # here so that no setting can carry SQL into a statement, and a typo is a one-line error at start.
 SQL_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 CLUSTER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+WEB_TOKEN = re.compile(r"[!-~]{32,1024}")  # printable ASCII: it travels in an Authorization header
+HOST_NAME = re.compile(r"[A-Za-z0-9_.-]{1,253}|\[?[0-9A-Fa-f:.]{2,45}\]?")
 _DSN_USERINFO = re.compile(r"(?<=://)[^/@]*@")
 
 
@@ -116,6 +118,16 @@ class Settings:
     embedded_broker: str = _f("tansu", "Broker `imtel embedded` starts: tansu (bundled, in memory, no setup) or "
                               "kafka (a real Apache Kafka node, fetched by Maven on first use; needs Java 17+).")
     log_level: str = _f("info", "debug, info, warning or error.")
+    # Worker web API (pipeline/app.py): everything but /metrics, /healthz and /readyz needs a token
+    web_token: str = _f("", "Bearer token of the worker's data endpoints (/queries, /report, /audit, /apps, /erase; "
+                        "or IMTEL_WEB_TOKEN_FILE; at least 32 characters). Empty: a fresh one is generated at every "
+                        "start into IMTEL_DATA_DIR/worker.token (mode 0600), where the imtel CLI finds it.",
+                        secret=True)
+    web_allowed_hosts: str = _f("", "Host header names (comma separated) the data endpoints answer besides "
+                                "loopback ones (localhost, 127.0.0.0/8, ::1) and IMTEL_WEB_HOST: a page's DNS "
+                                "rebinding cannot reach them under another name.")
+    web_query_timeout_seconds: float = _f(30.0, "max_execution_time of one read behind the data endpoints (their own "
+                                          "read-only client, never the inserts' lock; 1..600 s).")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -178,6 +190,11 @@ class Settings:
             (bool(self.kafka_bootstrap.strip()), "IMTEL_KAFKA_BOOTSTRAP must name at least one broker."),
             (self.log_level in ("debug", "info", "warning", "error"),
              "IMTEL_LOG_LEVEL must be debug, info, warning or error."),
+            (not self.web_token or (len(self.web_token) >= 32 and WEB_TOKEN.fullmatch(self.web_token) is not None),
+             "IMTEL_WEB_TOKEN (or _FILE) must be at least 32 printable characters without spaces."),
+            (all(HOST_NAME.fullmatch(h.strip()) for h in self.web_allowed_hosts.split(",") if h.strip()),
+             "IMTEL_WEB_ALLOWED_HOSTS must be host names or addresses, comma separated (no ports)."),
+            (1 <= self.web_query_timeout_seconds <= 600, "IMTEL_WEB_QUERY_TIMEOUT_SECONDS must be 1..600."),
         ]
         return next((message for ok, message in checks if not ok), None)
 

@@ -7,11 +7,19 @@
 
 Usage: ``python tools/gen_k8s.py`` (write) or ``python tools/gen_k8s.py --check`` (exit 1 on drift).
 tests/unit/test_k8s.py asserts that the committed files equal ``generate()``.
+
+``python tools/gen_k8s.py --dev-secrets NAMESPACE | kubectl apply -f -`` prints the Secrets a dev cluster
+needs, with fresh random passwords and a throwaway CA + ClickHouse server certificate (openssl CLI). It
+writes nothing into the repo: no overlay applies a Secret from git (a committed placeholder password is a
+working password on every cluster that applied it).
 """
 
 from __future__ import annotations
 
+import secrets
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +106,54 @@ def generate(root: Path = ROOT) -> dict[Path, str]:
     return files
 
 
+# One Secret per ClickHouse user (key ``password``): each pod mounts only its own user's password.
+CLICKHOUSE_USER_SECRETS = {"imtel_migrate": "imtel-clickhouse-migrate", "imtel_worker": "imtel-clickhouse-worker",
+                           "imtel_grafana": "imtel-clickhouse-grafana"}
+CLICKHOUSE_TLS_SECRET = "imtel-clickhouse-tls"
+CLICKHOUSE_SERVICE = "clickhouse-imtel-ch"
+
+
+def _tls_material(namespace: str, days: int = 90) -> dict[str, str]:
+    """A throwaway CA and a server certificate for the ClickHouse Service names (cert-manager's Secret
+    layout: tls.crt, tls.key, ca.crt). Dev only: prod certificates come from your PKI / cert-manager."""
+    sans = ",".join(f"DNS:{CLICKHOUSE_SERVICE}{suffix}" for suffix in
+                    ("", f".{namespace}", f".{namespace}.svc", f".{namespace}.svc.cluster.local"))
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+
+        def openssl(*args: str) -> None:
+            subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", str(days),
+                "-subj", f"/CN=imtel-dev-clickhouse-ca ({namespace})")
+        openssl("req", "-new", *ec, "-keyout", "tls.key", "-out", "tls.csr", "-subj", f"/CN={CLICKHOUSE_SERVICE}")
+        (d / "ext.cnf").write_text(f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\n")
+        openssl("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", "tls.crt", "-days", str(days), "-extfile", "ext.cnf")
+        return {name: (d / name).read_text() for name in ("tls.crt", "tls.key", "ca.crt")}
+
+
+def dev_secrets(namespace: str) -> list[dict[str, Any]]:
+    """Every Secret the manifests mount or reference, with fresh random values (Kafka's are Strimzi's)."""
+    def secret(name: str, data: dict[str, str], tls: bool = False) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls" if tls else "Opaque",
+                "metadata": {"name": name, "namespace": namespace, "labels": dict(LABELS)}, "stringData": data}
+
+    out = [secret(name, {"password": secrets.token_hex(24)}) for name in CLICKHOUSE_USER_SECRETS.values()]
+    out.append(secret(CLICKHOUSE_TLS_SECRET, _tls_material(namespace), tls=True))
+    out.append(secret("imtel-pii", {"hash-key": secrets.token_hex(32)}))
+    return out
+
+
 def main(argv: list[str]) -> int:
+    if "--dev-secrets" in argv:
+        i = argv.index("--dev-secrets")
+        if i + 1 >= len(argv) or argv[i + 1].startswith("-"):
+            print("usage: python tools/gen_k8s.py --dev-secrets NAMESPACE | kubectl apply -f -", file=sys.stderr)
+            return 2
+        sys.stdout.write(yaml.safe_dump_all(dev_secrets(argv[i + 1]), sort_keys=False, width=120))
+        return 0
     drift = []
     for rel, text in generate().items():
         path = ROOT / rel

@@ -139,8 +139,11 @@ def test_cli_while_the_pipeline_runs(pipeline_env: dict[str, str], tmp_path: Pat
                               stderr=subprocess.STDOUT)
 
     def apps() -> dict[int, dict]:  # what `imtel apps list` reads, polled without a process per try
+        token = Path(env["IMTEL_DATA_DIR"], "worker.token")  # what the CLI sends, written by the worker at start
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/apps", timeout=5) as resp:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/apps",
+                                             headers={"Authorization": f"Bearer {token.read_text()}"})
+            with urllib.request.urlopen(request, timeout=5) as resp:
                 return {x["sdk_app_id"]: x for x in json.loads(resp.read())}
         except OSError:
             return {}

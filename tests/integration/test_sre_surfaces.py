@@ -99,8 +99,10 @@ def wait_for(what: str, probe: Any, timeout: float, interval: float = 0.5) -> An
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def http_json(url: str, timeout: float = 30) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
+def http_json(url: str, timeout: float = 30, token: str | None = None) -> Any:
+    """GET JSON; ``token``: the worker's bearer token (its data endpoints need it)."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(request, timeout=timeout) as resp:
         return json.loads(resp.read())
 
 
@@ -251,7 +253,8 @@ def test_dashboards_alerts_queries_and_report_on_a_live_incident(
 
     # --- named queries through the worker that owns the store ---------------------------------------
     def query(name: str, **params: Any) -> list[dict[str, Any]]:
-        result = http_json(f"{base}/queries/{name}?{urllib.parse.urlencode(params)}")
+        token = Path(pipeline_env["IMTEL_DATA_DIR"], "worker.token").read_text()  # written by the worker at start
+        result = http_json(f"{base}/queries/{name}?{urllib.parse.urlencode(params)}", token=token)
         return [dict(zip(result["columns"], r, strict=True)) for r in result["rows"]]
 
     health = query("app_health", **incident, min_requests=100, limit=100)

@@ -1,4 +1,5 @@
-"""Find full client IPs in text the pipeline emitted, in every textual form an IP can take.
+"""Find full client IPs (and given e-mail addresses) in text the pipeline emitted, in every textual form
+an IP can take.
 
 A leak is rarely only the literal string that was produced: code may log ``ipaddress`` objects
 (compressed or exploded IPv6), integers, packed bytes as hex, IPv4-mapped IPv6, reverse-DNS names, or
@@ -97,9 +98,10 @@ class Hit:
 
 
 class Scanner:
-    """Searches texts for any rendering of a set of addresses."""
+    """Searches texts for any rendering of a set of addresses, and for e-mail addresses (case-insensitive,
+    as written: an e-mail has no other common rendering)."""
 
-    def __init__(self, addresses: Iterable[str]) -> None:
+    def __init__(self, addresses: Iterable[str], emails: Iterable[str] = ()) -> None:
         self.targets: dict[Address, str] = {}
         for text in addresses:
             try:
@@ -107,9 +109,11 @@ class Scanner:
             except ValueError:
                 continue  # not an address (an invalid_ip test value): nothing to find
         assert self.targets, "no valid address to scan for"
+        self.emails = sorted({e.lower() for e in emails})
+        self._email = re.compile("|".join(map(re.escape, self.emails)), re.IGNORECASE) if self.emails else None
 
     def scan(self, text: str, source: str) -> list[Hit]:
-        hits = []
+        hits = self._email_hits(text, source)
         for kind, pattern in _TOKENS.items():
             for m in pattern.finditer(text):
                 addr = parse_token(kind, m.group(0))
@@ -117,6 +121,12 @@ class Scanner:
                     hits.append(Hit(self.targets[addr], m.group(0), source,
                                     text[max(0, m.start() - 80):m.end() + 80]))
         return hits
+
+    def _email_hits(self, text: str, source: str) -> list[Hit]:
+        if self._email is None:
+            return []
+        return [Hit(m.group(0).lower(), m.group(0), source, text[max(0, m.start() - 80):m.end() + 80])
+                for m in self._email.finditer(text)]
 
     def scan_all(self, texts: dict[str, str]) -> list[Hit]:
         """Hits over several named texts (log files, endpoints, headers)."""

@@ -255,3 +255,46 @@ def test_a_record_older_than_the_policy_still_on_a_topic_fails_even_with_right_c
     checks = by_name(run(topics=facts))
     assert checks[logs].status == VIOLATION and "oldest record is 7d1m old, policy allows 7d" in checks[logs].detail
     assert checks[logs].oldest == "7d1m" and checks[samples].status == OK and checks[samples].oldest == "1d"
+
+
+class _Rows:
+    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
+        self.result_rows = rows
+
+
+class _HostileStore:
+    """system.tables names a table whose name tries to end the identifier and run its own SQL."""
+
+    db = "imtel"
+    HOSTILE = "t`; DROP TABLE imtel.request_logs; --\\"
+
+    def __init__(self) -> None:
+        self.sql: list[str] = []
+
+    def query(self, sql: str, params: dict[str, Any] | None = None) -> _Rows:
+        self.sql.append(sql)
+        if "FROM system.tables" in sql:
+            return _Rows([("imtel", self.HOSTILE, "MergeTree", "MergeTree ORDER BY x TTL toDate(request_time) + "
+                           "toIntervalDay(7) SETTINGS index_granularity = 8192")])
+        if "FROM system.columns" in sql:
+            return _Rows([(self.HOSTILE, "request_time")])
+        return _Rows([(0, 0)])
+
+
+def test_table_names_from_system_tables_are_quoted_not_spliced() -> None:
+    store = _HostileStore()
+    facts = audit.table_facts(store)
+    oldest = [s for s in store.sql if "dateDiff" in s]
+    assert oldest == ["SELECT count(), dateDiff('second', min(`request_time`), now()) "
+                      "FROM `imtel`.`t\\`; DROP TABLE imtel.request_logs; --\\\\`"]
+    assert facts["oldest"][store.HOSTILE]["rows"] == 0
+
+
+@pytest.mark.parametrize(("name", "quoted"), [
+    ("request_logs", "`request_logs`"),
+    ("a`b", "`a\\`b`"),
+    ("a\\`b", "`a\\\\\\`b`"),  # an escaped-looking backtick stays inside: backslash first, then backtick
+    ("x\\", "`x\\\\`"),  # a trailing backslash cannot escape the closing backtick
+])
+def test_quote_identifier(name: str, quoted: str) -> None:
+    assert audit.quote_identifier(name) == quoted

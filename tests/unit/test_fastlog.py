@@ -9,7 +9,9 @@ byte-level mutations of valid messages."""
 from __future__ import annotations
 
 import os
-from typing import Any
+import re
+from pathlib import Path
+from typing import Annotated, Any
 
 import msgspec
 import pytest
@@ -207,3 +209,108 @@ def test_native_minimisation_takes_the_common_case() -> None:
     assert cols.net_done.tolist() == [True, False, True]
     assert cols.client_net.to_pylist() == ["203.0.113.0/24", "", "10.0.0.0/24"]
     assert cols.filter(cols.net_done).client_net.to_pylist() == ["203.0.113.0/24", "10.0.0.0/24"]
+
+
+# -- the C field tables against records.py ---------------------------------------------------------
+# The native decoder spells the record out again in C (names, which are strings, length bounds, integer
+# ranges, which may be absent or null). Drift is silent: a field added to RequestLog, or a bound widened
+# there, makes the C code refuse every message that uses it, and the worker quietly runs on the slow
+# path. So the tables are read out of the source and held to the struct; the mutations below prove the
+# comparison notices.
+SOURCE = (Path(__file__).parents[2] / "pipeline" / "_fastlog.c").read_text()
+
+
+def _c_array(source: str, name: str) -> list[str]:
+    body = re.search(rf"\b{name}\[\w+\]\s*=\s*\{{(.*?)\}};", source, re.S)
+    assert body, f"_fastlog.c: no table {name}"
+    return [v.strip().strip('"') for v in body.group(1).split(",") if v.strip()]
+
+
+def _c_enum(source: str, first: str) -> list[str]:
+    body = re.search(rf"enum \{{\s*({first}\b[^}}]*)\}}", source)
+    assert body, f"_fastlog.c: no enum starting {first}"
+    return [v.strip() for v in body.group(1).split(",")][:-1]  # the last one counts them (N_...)
+
+
+def _c_ranges(source: str) -> dict[str, tuple[int, int]]:
+    return {f: (int(lo), int(hi)) for f, lo, hi in
+            re.findall(r"case (F_\w+): return v >= (-?\d+)(?:LL)? && v <= (-?\d+)(?:LL)?;", source)}
+
+
+def _str_bounds(tp: Any) -> tuple[int, int] | None:
+    return (tp.min_length or 0, tp.max_length) if isinstance(tp, msgspec.inspect.StrType) else None
+
+
+def table_drift(struct: type[msgspec.Struct], source: str) -> list[str]:
+    """Every way ``source``'s field tables disagree with ``struct`` (the hot-path decoder's struct)."""
+    fields = list(msgspec.inspect.type_info(struct).fields)  # type: ignore[attr-defined]
+    enum, names = _c_enum(source, "F_APP"), _c_array(source, "NAMES")
+    strings, string_of = _c_enum(source, "S_IFACE"), _c_array(source, "STRING_OF")
+    min_len, max_len = _c_array(source, "MIN_LEN"), _c_array(source, "MAX_LEN")
+    ranges = _c_ranges(source)
+    optional = set(re.findall(r"F_\w+", re.search(r"\(r->seen \| ([^)]*\))", source).group(1)))  # type: ignore[union-attr]
+    nullable = set(re.findall(r"f == (F_\w+) && end - p >= 4 && memcmp\(p, \"null\"", source))
+    problems = []
+    # Same order too: producers write keys in struct order and field_of tries the next field first.
+    if names != [f.name for f in fields]:
+        problems.append(f"NAMES {names} != struct fields {[f.name for f in fields]}")
+    if len(enum) != len(names):
+        problems.append(f"F_* enum has {len(enum)} entries, NAMES {len(names)}")
+    by_name = {n: (e, so) for n, e, so in zip(names, enum, string_of, strict=False)}
+    for f in fields:
+        if f.name not in by_name:
+            continue
+        c_field, c_string = by_name[f.name]
+        tp = f.type
+        if isinstance(tp, msgspec.inspect.UnionType):
+            others = [t for t in tp.types if not isinstance(t, msgspec.inspect.NoneType)]
+            if (c_field in nullable) != (len(others) < len(tp.types)):
+                problems.append(f"{f.name}: null accepted in C: {c_field in nullable}, in records.py: "
+                                f"{len(others) < len(tp.types)}")
+            tp = others[0] if len(others) == 1 else tp
+        if (c_field in optional) != (not f.required):
+            problems.append(f"{f.name}: optional in C: {c_field in optional}, in records.py: {not f.required}")
+        if not f.required and f.default is not None:
+            problems.append(f"{f.name}: the C code stores an absent value as empty, records.py defaults to "
+                            f"{f.default!r}")
+        if isinstance(tp, msgspec.inspect.IntType):
+            want = (tp.ge if tp.ge is not None else -(2**63), tp.le if tp.le is not None else 2**63 - 1)
+            if c_string != "-1" or ranges.get(c_field) != want:
+                problems.append(f"{f.name}: integer range in C {ranges.get(c_field)}, records.py {want}")
+        elif (bounds := _str_bounds(tp)) is not None:
+            if c_string not in strings:
+                problems.append(f"{f.name}: a string in records.py, not a string column in C ({c_string})")
+                continue
+            s = strings.index(c_string)
+            got = (int(min_len[s]), int(max_len[s]))
+            if got != bounds:
+                problems.append(f"{f.name}: length bounds in C {got}, records.py {bounds}")
+            if fastlog.STRING_COLUMNS[s] != f.name:
+                problems.append(f"{f.name}: string column {s} is {fastlog.STRING_COLUMNS[s]} in fastlog.py")
+        else:
+            problems.append(f"{f.name}: type {tp} has no native parser")
+    return problems
+
+
+def test_c_field_tables_agree_with_records() -> None:
+    assert table_drift(LooseRequestLog, SOURCE) == []
+
+
+def _with_field(*extra: tuple[Any, ...]) -> type[msgspec.Struct]:
+    fields = [(f.name, f.type) if f.required else (f.name, f.type, f.default)
+              for f in msgspec.structs.fields(LooseRequestLog)]
+    return msgspec.defstruct("Drifted", [*fields, *extra])
+
+
+@pytest.mark.parametrize(("struct", "source", "needle"), [
+    (_with_field(("client_version", str | None, None)), SOURCE, "client_version"),  # a new optional field
+    (LooseRequestLog, SOURCE.replace("{128, 64, 32, 32, 64, 2048}", "{128, 64, 32, 32, 64, 1024}"), "exception"),
+    (LooseRequestLog, SOURCE.replace("v <= 3600000;", "v <= 60000;"), "latency_ms"),
+    (LooseRequestLog, SOURCE.replace("(1u << F_EXC)) != ", "0) != "), "optional"),
+    (msgspec.defstruct("Wider", [(f.name, Annotated[str, msgspec.Meta(max_length=40)]) if f.name == "region" else
+                                 ((f.name, f.type) if f.required else (f.name, f.type, f.default))
+                                 for f in msgspec.structs.fields(LooseRequestLog)]), SOURCE, "region"),
+])
+def test_table_drift_is_noticed(struct: type[msgspec.Struct], source: str, needle: str) -> None:
+    assert source != SOURCE or struct is not LooseRequestLog, "the mutation did not apply"
+    assert any(needle in p for p in table_drift(struct, source))

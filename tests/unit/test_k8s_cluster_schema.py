@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
+
+import yaml
 
 from pipeline import cluster_schema, migrations
 
@@ -55,3 +58,14 @@ def test_apply_runs_migrations_on_the_local_database_then_the_distributed_layer(
     assert client.commands[-len(cluster_schema.distributed_statements(DB, CLUSTER)):] == \
         cluster_schema.distributed_statements(DB, CLUSTER)
     assert cluster_schema.INSERT_SETTINGS == {"distributed_foreground_insert": 1}
+
+
+def test_the_worker_clickhouse_profile_makes_distributed_inserts_synchronous() -> None:
+    """The workers commit Kafka offsets once an INSERT returns: on a cluster that is only safe when the
+    Distributed insert waited for every shard, so the profile of the worker's user (k8s/) must carry
+    INSERT_SETTINGS. The migration and Grafana users never insert rows."""
+    chi = yaml.safe_load((Path(__file__).resolve().parents[2] / "k8s/base/clickhouse/installation.yaml").read_text())
+    config = chi["spec"]["configuration"]
+    profile = config["users"]["imtel_worker/profile"]
+    for setting, value in cluster_schema.INSERT_SETTINGS.items():
+        assert config["profiles"][f"{profile}/{setting}"] == value

@@ -1,13 +1,14 @@
 """pipeline/privacy.py: prefix /24 and /48 (IPv4-mapped IPv6 as IPv4), keyed hash, drop; garbage gives
-None and nothing ever raises or echoes the input."""
+None and nothing ever raises or echoes the input; exception causes lose every address and e-mail."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
 
+import pyarrow as pa
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from pipeline import privacy
@@ -179,3 +180,62 @@ def test_common_ipv6_is_minimised_in_arrow() -> None:
     """The generator's (and most senders') IPv6 shape takes the column path, not the per-value one."""
     per_value = privacy.minimise_column(["2001:db8:a:b::1", "2001:db8:1::", "::1"], "prefix", lambda _: "per-value")
     assert per_value.to_pylist() == ["2001:db8:a::/48", "2001:db8:1::/48", "per-value"]
+
+
+# -- exception causes: scrubbed of addresses and e-mails ---------------------------------------------
+SEPARATORS = st.sampled_from([" ", "(", "[", "<", "=", ",", ";", "'", '"', "/", "\t", "\n"])
+ADDRESS_TEXT = st.one_of(
+    st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str),
+    st.ip_addresses(v=6).map(lambda a: a.exploded), st.ip_addresses(v=6).map(lambda a: str(a).upper()),
+    st.ip_addresses(v=4).map(lambda a: f"::ffff:{a}"),
+    st.ip_addresses(v=4).map(lambda a: ".".join(f"{int(o):03d}" for o in str(a).split("."))))
+PII_TEXT = st.one_of(ADDRESS_TEXT, st.emails())
+
+
+def scrub(causes: list[str | None]) -> list[str | None]:
+    return list(privacy.scrub_causes(pa.array(causes, pa.string())).to_pylist())
+
+
+@settings(max_examples=400, deadline=None)
+@given(parts=st.lists(st.tuples(st.text(max_size=30), SEPARATORS, PII_TEXT, SEPARATORS), min_size=1, max_size=4),
+       tail=st.text(max_size=30))
+def test_no_address_or_email_survives_in_a_cause(parts: list[tuple[str, str, str, str]], tail: str) -> None:
+    """Any IPv4/IPv6 text (compressed, exploded, upper case, IPv4-mapped, zero-padded) or e-mail, between
+    separators in random text, is gone from the scrubbed cause; other rows of the column are untouched."""
+    cause = "".join(before + left + pii + right for before, left, pii, right in parts) + tail
+    out = scrub([cause, "UserSig expired", None])
+    assert out[1:] == ["UserSig expired", None]
+    assert out[0] is not None
+    for _, _, pii, _ in parts:
+        assert pii not in out[0] and pii.lower() not in out[0].lower(), (cause, out[0])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(exclude_characters="@", exclude_categories=("Cs",)), max_size=60))
+def test_a_cause_without_an_address_or_email_is_unchanged(text: str) -> None:
+    """Text holding no e-mail (no ``@``), no dotted quad and no IPv6 shape (no ``::``, fewer than eight
+    colon-joined groups) comes back as it is."""
+    hexes = r"[0-9a-f]{1,4}"
+    assume("::" not in text and not re.search(r"[0-9]{1,3}(\.[0-9]{1,3}){3}", text)
+           and not re.search(rf"{hexes}(:{hexes}){{5,}}", text, re.IGNORECASE))
+    assert scrub([text]) == [text]
+
+
+@pytest.mark.parametrize(("cause", "expected"), [
+    ("connect to 192.0.2.33:443 refused", "connect to <ip>:443 refused"),
+    ("upstream [2001:db8:5:6::9]:8080 reset", "upstream [<ip>]:8080 reset"),
+    ("peer ::ffff:198.51.100.23 gone", "peer <ip> gone"),
+    ("user bob.smith+im@example.org not found", "user <email> not found"),
+    ("admin@10.0.0.1 denied", "<email> denied"),
+    ("fe80::1%eth0 down", "<ip>%eth0 down"),
+    ("std::vector<int> at 12:30:45 v1.2.3 mac 00:1a:2b:3c:4d:5e", None),
+    ("UserSig expired", None), ("", None),
+])
+def test_scrub_examples(cause: str, expected: str | None) -> None:
+    assert scrub([cause]) == [cause if expected is None else expected]
+
+
+def test_scrub_keeps_a_column_without_candidates_as_is() -> None:
+    """No candidate row: the very same array comes back (no copy on the common path)."""
+    causes = pa.array(["", "UserSig expired", None], pa.string())
+    assert privacy.scrub_causes(causes) is causes

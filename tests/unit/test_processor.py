@@ -249,3 +249,20 @@ def test_a_pause_is_told_from_a_gap_between_messages() -> None:
     assert not pause.update(True)  # messages again: the clock starts over
     now[0] += 1
     assert not pause.update(False)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "msgspec"])
+def test_exception_causes_are_scrubbed_on_both_decode_paths(native: bool) -> None:
+    """Addresses and e-mails in a cause are replaced before buffering, whichever decoder read the record
+    (``Buffer.add_logs`` is where both meet); a cause without any is stored as sent."""
+    causes = ["connect to 192.0.2.33:443 refused for bob@example.org", "peer [2001:db8::7] reset",
+              "UserSig expired", None]
+    msgs = [Msg(0, i, msgspec.json.encode(record(i, error_code=0 if c is None else 70001, exception=c)))
+            for i, c in enumerate(causes)]
+    store = MemoryStore()
+    p, _ = processor(store, native)
+    p.process(msgs)
+    p.flush()
+    stored = {r["request_id"]: r["exception"] for r in store.rows("request_logs")}
+    assert stored == {"r0": "connect to <ip>:443 refused for <email>", "r1": "peer [<ip>] reset",
+                      "r2": "UserSig expired", "r3": ""}

@@ -236,3 +236,68 @@ def test_scanner_ignores_values_that_are_not_addresses() -> None:
     scanner = Scanner(["999.1.2.3", "203.0.113.7"])
     assert [h.address for h in scanner.scan("999.1.2.3 and 203.0.113.7", "t")] == ["203.0.113.7"]
     assert ipaddress.ip_address("203.0.113.7") in scanner.targets
+
+
+# --- the worker's web port (pipeline/app.py: web_guard) -------------------------------------------------
+
+TOKEN = "t" * 43
+
+
+def _refusal(path: str, **headers: str) -> int | None:
+    from pipeline.app import refusal
+
+    refused = refusal(path, {"Host": "127.0.0.1:6066", **headers}, TOKEN, frozenset({"imtel.internal"}))
+    return None if refused is None else refused[0]
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/healthz", "/readyz"])
+def test_scrape_and_probe_paths_are_open(path: str) -> None:
+    assert _refusal(path, Host="anything.example", Origin="http://x") is None
+
+
+@pytest.mark.parametrize("path", ["/", "/router", "/table", "/table/x", "/graph", "/stats/", "/queries/a/b"])
+def test_faust_pages_and_unknown_paths_are_not_found_even_with_the_token(path: str) -> None:
+    assert _refusal(path, Authorization=f"Bearer {TOKEN}") == 404
+
+
+@pytest.mark.parametrize("path", ["/queries/app_health", "/report", "/audit", "/apps", "/erase"])
+def test_data_paths_need_the_token_a_local_host_and_no_page(path: str) -> None:
+    auth = f"Bearer {TOKEN}"
+    assert _refusal(path, Authorization=auth) is None
+    assert _refusal(path, Authorization=auth, Host="localhost:6066") is None
+    assert _refusal(path, Authorization=auth, Host="[::1]:6066") is None
+    assert _refusal(path, Authorization=auth, Host="imtel.internal") is None  # IMTEL_WEB_ALLOWED_HOSTS
+    assert _refusal(path) == 401
+    assert _refusal(path, Authorization=TOKEN) == 401
+    assert _refusal(path, Authorization=f"Bearer {TOKEN[:-1]}") == 401
+    assert _refusal(path, Authorization=f"Basic {TOKEN}") == 401
+    assert _refusal(path, Authorization=auth, Host="rebound.example:6066") == 403
+    assert _refusal(path, Authorization=auth, Host="127.0.0.1.rebound.example") == 403
+    assert _refusal(path, Authorization=auth, Host="") == 403
+    assert _refusal(path, Authorization=auth, Origin="null") == 403
+    assert _refusal(path, Authorization=auth, **{"Sec-Fetch-Site": "same-origin"}) == 403
+
+
+def test_the_generated_token_is_per_run_and_private(tmp_path: Path) -> None:
+    import stat
+
+    from pipeline.app import web_token
+
+    s = Settings.from_env({}, data_dir=str(tmp_path / "data"))
+    first, second = web_token(s), web_token(s)
+    path = tmp_path / "data" / "worker.token"
+    assert first != second and path.read_text() == second and len(second) >= 43
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert web_token(Settings.from_env({}, data_dir=str(tmp_path / "x"), web_token="s" * 32)) == "s" * 32
+    assert not (tmp_path / "x").exists()  # a configured token is never written anywhere
+
+
+def test_web_token_is_a_secret_setting(tmp_path: Path) -> None:
+    (tmp_path / "tok").write_text("k" * 40 + "\n")
+    s = Settings.from_env({"IMTEL_WEB_TOKEN_FILE": str(tmp_path / "tok")})
+    assert s.web_token == "k" * 40 and "k" * 40 not in repr(s) and s.redacted()["web_token"] == "***"
+    with pytest.raises(SettingsError, match="IMTEL_WEB_TOKEN") as err:
+        Settings.from_env({"IMTEL_WEB_TOKEN": "short-secret"})
+    assert "short-secret" not in str(err.value)
+    with pytest.raises(SettingsError, match="IMTEL_WEB_ALLOWED_HOSTS"):
+        Settings.from_env({"IMTEL_WEB_ALLOWED_HOSTS": "ok.example, bad host:80"})

@@ -112,12 +112,12 @@ def test_non_utf8_secret_file(tmp_path: Path) -> None:
 def test_redacted_masks_secrets() -> None:
     s = Settings.from_env({"IMTEL_PII_MODE": "hash", "IMTEL_PII_HASH_KEY": "K" * 20,
                            "IMTEL_CLICKHOUSE_PASSWORD": "pw-secret", "IMTEL_KAFKA_SASL_PASSWORD": "sasl-secret",
-                           "IMTEL_KAFKA_SASL_USERNAME": "alice"})
+                           "IMTEL_KAFKA_SASL_USERNAME": "alice", "IMTEL_WEB_TOKEN": "W" * 32})
     red = s.redacted()
     for name in SECRET_FIELDS:
         assert red[name] == "***"
     text = repr(red)
-    for secret in ("K" * 20, "pw-secret", "sasl-secret"):
+    for secret in ("K" * 20, "pw-secret", "sasl-secret", "W" * 32):
         assert secret not in text
     assert red["kafka_sasl_username"] == "alice"
     assert red["pii_mode"] == "hash"
