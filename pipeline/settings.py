@@ -229,6 +229,11 @@ class Settings:
             conf["ssl.ca.location"] = self.kafka_ssl_ca_location
         return conf
 
+    def __repr__(self) -> str:
+        """Secrets masked and the DSN's user-info redacted: a logged or printed Settings object (a
+        traceback's locals, a debug line) must not carry a credential written into the DSN."""
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in self.redacted().items()) + ")"
+
     def group_protocol_config(self) -> dict[str, Any]:
         """The worker consumer's group-protocol properties. With KIP-848 (``consumer``) the broker assigns
         and owns the session timeout, so librdkafka refuses ``session.timeout.ms`` there."""

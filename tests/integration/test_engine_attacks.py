@@ -227,3 +227,36 @@ def test_a_non_loopback_bind_without_tls_is_an_error(tmp_path: Path) -> None:
                           timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "--tls-cert" in proc.stderr, proc.stderr
+
+
+def test_tls_serves_https_with_the_password_and_refuses_plain_http(tmp_path: Path) -> None:
+    """With ``--tls-cert/--tls-key`` (a self-signed pair made by openssl here) the engine speaks HTTPS:
+    clickhouse-connect verifies it against the CA and logs in; a plain-HTTP request gets no answer."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    (tmp_path / "pw").write_text("Tls-test-password-0815")
+    (tmp_path / "pw").chmod(0o600)
+    ready = tmp_path / "ready.json"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "engine", "--store", str(tmp_path / "store"),
+                             "--port", "0", "--ready-file", str(ready), "--password-file", str(tmp_path / "pw"),
+                             "--tls-cert", str(cert), "--tls-key", str(key)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        port = int(json.loads(ready.read_text())["data"][0])
+        client = clickhouse_connect.get_client(host="localhost", port=port, username="default", secure=True,
+                                               password="Tls-test-password-0815", ca_cert=str(cert))
+        assert client.query("SELECT 42").result_rows == [(42,)]
+        client.close()
+        with pytest.raises(Exception):  # noqa: B017 - any failure: the server speaks TLS only
+            clickhouse_connect.get_client(host="127.0.0.1", port=port, username="default",
+                                          password="Tls-test-password-0815", connect_timeout=3,
+                                          send_receive_timeout=5).query("SELECT 1")
+    finally:
+        proc.terminate()
+        proc.wait(15)

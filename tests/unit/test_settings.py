@@ -165,3 +165,9 @@ def test_faust_gets_the_same_kafka_security_as_the_confluent_clients(protocol: s
     context = getattr(creds, "context", None) or getattr(creds, "ssl_context", None)
     assert (context is not None) == tls
     assert s.kafka_config()["security.protocol"] == protocol
+
+
+def test_repr_never_shows_a_credential_written_into_the_dsn() -> None:
+    s = Settings.from_env({"IMTEL_CLICKHOUSE_DSN": "https://bob:hunter2@ch:8443", "IMTEL_CLICKHOUSE_PASSWORD": "pw-x"})
+    assert "hunter2" not in repr(s) and "pw-x" not in repr(s) and "hunter2" not in str(s)
+    assert "https://***@ch:8443" in repr(s) and s.clickhouse_dsn == "https://bob:hunter2@ch:8443"
