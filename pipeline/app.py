@@ -46,7 +46,7 @@ from .policy import Policy, load_policy
 from .processor import Processor
 from .registry import ENFORCE_INTERVAL_S
 from .settings import Settings
-from .sinks.clickhouse import ClickHouseStore, InsertError, connect, connect_reader
+from .sinks.clickhouse import ClickHouseStore, InsertError, classify, connect, connect_reader
 from .source import KafkaBatchSource
 
 log = logging.getLogger(__name__)
@@ -301,6 +301,13 @@ class WebReads:
     def data(self) -> ClickHouseStore:
         return self._open("data", self.p.settings.web_query_timeout_seconds)
 
+    def ping(self) -> bool:
+        """ClickHouse answers (for ``/readyz``): False, never an exception, while it cannot be reached."""
+        try:
+            return bool(self.probe().ping())
+        except InsertError:
+            return False
+
     def probe(self) -> ClickHouseStore:
         return self._open("probe", 5.0)
 
@@ -310,7 +317,10 @@ class WebReads:
             return self.p.store
         with self._lock:
             if kind not in self._stores:
-                client = connect_reader(s.clickhouse_url, s.clickhouse_user, s.clickhouse_password, max_seconds)
+                try:  # clickhouse-connect asks the server for its version on connect: it may be down
+                    client = connect_reader(s.clickhouse_url, s.clickhouse_user, s.clickhouse_password, max_seconds)
+                except Exception as exc:
+                    raise classify(exc) from None
                 # own Metrics: a report cut by its time limit is no insert failure and no ClickHouse outage
                 self._stores[kind] = ClickHouseStore(client, s.clickhouse_database, Metrics(top_apps=1))
             return self._stores[kind]
@@ -331,7 +341,7 @@ def _register_web(app: faust.App, p: Pipeline, reads: WebReads) -> None:
     @app.page("/readyz")
     class Ready(View):
         async def get(self, request: Request) -> Response:
-            ch = await asyncio.get_running_loop().run_in_executor(None, reads.probe().ping)
+            ch = await asyncio.get_running_loop().run_in_executor(None, reads.ping)
             stalled = p.source.stalled()  # a write failing for over IMTEL_WRITE_STALL_SECONDS, named
             ok = bool(p.source.ready and p.source.assignment and ch and stalled is None)
             body: dict[str, Any] = {"ready": ok, "partitions": len(p.source.assignment), "clickhouse": ch}
@@ -344,8 +354,8 @@ def _register_web(app: faust.App, p: Pipeline, reads: WebReads) -> None:
         async def get(self, request: Request, name: str) -> Response:
             try:
                 params = queries.parse_params(name, dict(request.query))
-                result = await asyncio.get_running_loop().run_in_executor(None, queries.run, reads.data(), name,
-                                                                          params)
+                result = await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: queries.run(reads.data(), name, params))  # opening the client may block
             except queries.QueryError as exc:
                 return self.json({"error": str(exc)}, status=400)
             except InsertError as exc:
@@ -362,7 +372,7 @@ def _register_web(app: faust.App, p: Pipeline, reads: WebReads) -> None:
             try:
                 req = report.parse_request(dict(request.query))
                 data = await asyncio.get_running_loop().run_in_executor(
-                    None, report.collect, report.store_runner(reads.data()), req)
+                    None, lambda: report.collect(report.store_runner(reads.data()), req))
             except (report.ReportError, queries.QueryError) as exc:
                 return self.json({"error": str(exc)}, status=400)
             except InsertError as exc:
@@ -383,7 +393,7 @@ def _register_privacy(app: faust.App, p: Pipeline, policy: Policy, reads: WebRea
         async def get(self, request: Request) -> Response:
             try:
                 facts = await asyncio.get_running_loop().run_in_executor(
-                    None, audit.table_facts, reads.data(), p.settings.clickhouse_cluster)
+                    None, lambda: audit.table_facts(reads.data(), p.settings.clickhouse_cluster))
             except InsertError as exc:
                 return self.json({"error": str(exc)}, status=503)
             return self.json(facts)
@@ -392,7 +402,7 @@ def _register_privacy(app: faust.App, p: Pipeline, policy: Policy, reads: WebRea
     class Apps(View):
         async def get(self, request: Request) -> Response:
             try:
-                apps = await asyncio.get_running_loop().run_in_executor(None, registry.list_apps, reads.data())
+                apps = await asyncio.get_running_loop().run_in_executor(None, lambda: registry.list_apps(reads.data()))
             except InsertError as exc:
                 return self.json({"error": str(exc)}, status=503)
             return self.json(registry.jsonable(apps))

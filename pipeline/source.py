@@ -286,7 +286,8 @@ class KafkaBatchSource(Service):
             return
         # /readyz is unauthenticated: name the kind of failure, never a server message (it may quote data)
         code = getattr(exc, "code", None)
-        self.failing_cause = {InsertError: f"ClickHouse insert failing (code {code})",
+        unreachable = str(exc) if str(exc).startswith("ClickHouse unreachable: ") else None  # classify()'s own words
+        self.failing_cause = {InsertError: unreachable or f"ClickHouse insert failing (code {code})",
                               DeadLetterError: f"dead-letter produce failing ({str(exc)[:200]})"}.get(
             type(exc), type(exc).__name__)
         if self.failing_since is None:

@@ -284,13 +284,22 @@ def render_markdown(results: dict[str, Any]) -> str:
     """The Markdown the README's Performance section shows (between the bench markers)."""
     rows = table_rows(results)
     md = [f"Measured {results['generated_at'][:16].replace('T', ' ')} UTC on {_machine_text(results)} with "
-          f"`{results['command']}`; {_workload_text(results)}.", "",
+          f"`{results['command']}`, {_broker_text(results)}; {_workload_text(results)}.", "",
           "| " + " | ".join(rows[0]) + " |", "|" + "|".join("---" for _ in rows[0]) + "|"]
     md += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     md += ["", "Goals (per worker process, both sides measured in the same run):", ""]
     md += [f"- {line}" for line in goal_lines(results)]
     md += ["", *[f"{c}" for c in _caveats(results)]]
     return "\n".join(md) + "\n"
+
+
+def _broker_text(results: dict[str, Any]) -> str:
+    """Which broker served the run (results before the real-Kafka default have no ``broker``: Tansu)."""
+    if results.get("broker", "tansu") == "kafka":
+        from ..kafka_server import KAFKA_VERSION
+
+        return f"on a real Apache Kafka {KAFKA_VERSION} node (KRaft, loopback)"
+    return "on the bundled broker (Tansu, in memory)"
 
 
 def _workload_text(results: dict[str, Any]) -> str:

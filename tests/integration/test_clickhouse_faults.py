@@ -393,3 +393,60 @@ def test_a_write_slower_than_the_old_poll_interval_keeps_the_group_membership(
     assert ids == set(stream.delivered) and count == len(ids), "records lost or doubled"
     assert (revoked, assigned) == (0, 1), f"the group rebalanced during slow writes: {revoked=} {assigned=}"
     assert "leaving group" not in log.lower() and "max poll interval" not in log.lower()
+
+
+def readyz(port: int) -> tuple[int, dict[str, Any]]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        text = exc.read()
+        try:
+            return exc.code, json.loads(text)
+        except ValueError:  # not the worker's JSON (e.g. the web server's own error page)
+            return exc.code, {"text": text.decode(errors="replace")[:200]}
+
+
+def test_a_stalled_write_fails_readiness_with_its_cause_and_sigterm_still_stops(
+        pipeline_env: dict[str, str], shim: ShimProcess, tmp_path: Path) -> None:
+    """ClickHouse refuses every connection for good while records flow: past IMTEL_WRITE_STALL_SECONDS
+    /readyz answers 503 naming the cause and the stall metric says since when; SIGTERM then stops the
+    worker (it used to retry on, past 20 s) with nothing committed beyond what is stored; a new worker
+    stores everything exactly once when ClickHouse is back."""
+    env = worker_env(pipeline_env, shim.dsn(0), tmp_path, "w1", free_port(), **{**TUNING, "write_stall_seconds": "3"})
+    ensure_topics(Settings.from_env(env))
+    worker = WorkerProcess("w1", env, tmp_path).start()
+    wait_for(lambda: worker.assigned() == 2 * PARTITIONS, 60, "the worker's partition assignment", workers=[worker])
+    stream = Stream(env["IMTEL_KAFKA_BOOTSTRAP"], env["IMTEL_TOPIC_REQUEST_LOGS"], rate=300, total=3_000)
+    stream.start()
+    port = int(env["IMTEL_WEB_PORT"])
+    try:
+        wait_for(lambda: worker.metric("imtel_rows_written_total", table="request_logs") > 200, 30, "first rows")
+        shim.fault("refuse", seconds=3600.0)
+        _, body = wait_for(lambda: (r := readyz(port))[0] == 503 and "cause" in r[1] and r, 60,
+                                "readiness to fail with a cause", workers=[worker])
+        assert worker.metric("imtel_write_failing_since_timestamp_seconds") > 0
+        stream.join(60)
+    finally:
+        stream.stop()
+    assert worker.proc is not None
+    began = time.monotonic()
+    code = worker.stop(60)
+    stopped_after = time.monotonic() - began
+    print(f"\n[stall figures] readiness cause: {body.get('cause')!r}; stopped {stopped_after:.1f}s after SIGTERM")
+    assert code is not None and stopped_after < 30, f"the stalled worker took {stopped_after:.0f}s to stop"
+    assert "refused" in body["cause"].lower() or "connect" in body["cause"].lower(), body
+    shim.clear()
+    assert not committed_unstored(shim, env), "an offset was committed past what ClickHouse stored"
+
+    second = WorkerProcess("w2", {**env, "IMTEL_WEB_PORT": str(free_port())}, tmp_path).start()
+    try:
+        wait_for(lambda: stored_ids(shim)[0] >= len(stream.delivered), 90, "every record stored after the outage",
+                 workers=[second])
+    finally:
+        assert second.stop(60) == 0, second.log_text()[-3000:]
+    count, ids = stored_ids(shim)
+    assert ids == set(stream.delivered) and count == len(ids)
