@@ -32,9 +32,9 @@ from confluent_kafka.admin import (
 )
 
 from pipeline import registry
-from pipeline.embedded import free_port
 from pipeline.kafka_server import KafkaServer
 from pipeline.settings import Settings
+from tests.support.brokers import scram_kafka
 
 ROOT = Path(__file__).resolve().parents[2]
 USERS_YAML = ROOT / "k8s" / "base" / "kafka" / "user.yaml"
@@ -89,18 +89,7 @@ def acl_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KafkaS
     register with its own controller. That is safe here: ANONYMOUS only ever arises on listeners without
     authentication, and every client of this test uses the SASL listener, where each connection is an
     authenticated SCRAM user. (Strimzi does the same with mTLS on its replication listener.)"""
-    scram = [arg for user, pw in PASSWORDS.items()
-             for arg in ("--add-scram", f"SCRAM-SHA-512=[name={user},password={pw}]")]
-    server = KafkaServer(tmp_path_factory.mktemp("acl-kafka"), format_args=scram)
-    sasl_port = free_port()
-    listeners = f"PLAINTEXT://127.0.0.1:{server.port},SASL_PLAINTEXT://127.0.0.1:{sasl_port}"
-    server.extra.update({
-        "listeners": f"{listeners},CONTROLLER://127.0.0.1:{server.controller_port}",
-        "advertised.listeners": listeners,
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
-        "sasl.enabled.mechanisms": "SCRAM-SHA-512",
-        "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config":
-            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+    server, sasl_port = scram_kafka(tmp_path_factory.mktemp("acl-kafka"), PASSWORDS, {
         "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
         "super.users": f"User:{SUPER};User:ANONYMOUS",
         "allow.everyone.if.no.acl.found": "false",  # Kafka's default, stated: the model is deny-by-default

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.kafka_server import KafkaServer
+from tests.support.brokers import scram_kafka
 from tests.support.shim_process import SHIM
 
-from .conftest import free_port, run_sql
+from .conftest import run_sql
 
 pytestmark = pytest.mark.integration
 
@@ -87,28 +87,11 @@ def test_a_wrong_clickhouse_password_is_one_clear_line_and_never_shown(
     assert RIGHT not in good.stdout + good.stderr
 
 
-def sasl_kafka(data: Path, password: str) -> tuple[KafkaServer, int]:
-    """A real Kafka node with a SASL_PLAINTEXT/SCRAM-SHA-512 listener beside its plaintext one; the user
-    ``imtel`` with ``password`` is created when the log dir is formatted (KRaft's way). Returns the node
-    (not started) and its SASL port."""
-    server = KafkaServer(data, format_args=["--add-scram", f"SCRAM-SHA-512=[name=imtel,password={password}]"])
-    sasl_port = free_port()
-    listeners = f"PLAINTEXT://127.0.0.1:{server.port},SASL_PLAINTEXT://127.0.0.1:{sasl_port}"
-    server.extra.update({
-        "listeners": f"{listeners},CONTROLLER://127.0.0.1:{server.controller_port}",
-        "advertised.listeners": listeners,
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
-        "sasl.enabled.mechanisms": "SCRAM-SHA-512",
-        "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config":
-            "org.apache.kafka.common.security.scram.ScramLoginModule required;"})
-    return server, sasl_port
-
-
 def test_a_refused_kafka_sasl_login_is_one_clear_line_and_never_shown(pipeline_env: dict[str, str],
                                                                       tmp_path: Path) -> None:
     """On a real Kafka with SCRAM users: the wrong secret is one clear line naming the settings, never
     the secret; the right one works (so the refusal is the password's, not the setup's)."""
-    server, sasl_port = sasl_kafka(tmp_path / "sasl-kafka", "Right-secret-0815")
+    server, sasl_port = scram_kafka(tmp_path / "sasl-kafka", {"imtel": "Right-secret-0815"})
     server.start()
     try:
         (tmp_path / "kafka-secret").write_text(SECRET)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.embedded import free_port
 from pipeline.kafka_server import KafkaServer
 
 
@@ -26,3 +27,23 @@ class BrokerProcess:
 
     def stop(self) -> None:
         self.server.stop()
+
+
+def scram_kafka(data_dir: Path, users: dict[str, str], extra: dict[str, str] | None = None) -> tuple[KafkaServer, int]:
+    """A real Kafka node (not started) with a SASL_PLAINTEXT / SCRAM-SHA-512 listener beside its plaintext
+    one, and its port. The ``users`` (name -> password) are created when the log dir is formatted, KRaft's
+    way; broker-internal and controller traffic stay on the plaintext listeners. ``extra``: more broker
+    configs (an authorizer, say)."""
+    scram = [arg for user, password in users.items()
+             for arg in ("--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]")]
+    server = KafkaServer(data_dir, format_args=scram)
+    sasl_port = free_port()
+    listeners = f"PLAINTEXT://127.0.0.1:{server.port},SASL_PLAINTEXT://127.0.0.1:{sasl_port}"
+    server.extra.update({
+        "listeners": f"{listeners},CONTROLLER://127.0.0.1:{server.controller_port}",
+        "advertised.listeners": listeners,
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+        "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config":
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;", **(extra or {})})
+    return server, sasl_port
