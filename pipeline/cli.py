@@ -36,9 +36,12 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .settings import Settings, SettingsError, cluster_problem, redact_dsn
+
+if TYPE_CHECKING:
+    from .embedded import LocalBroker
 
 N = TypeVar("N", int, float)
 
@@ -226,7 +229,7 @@ def cmd_embedded(args: argparse.Namespace) -> int:
         raise UsageError("embedded mode starts its own broker on loopback: IMTEL_KAFKA_BOOTSTRAP must be "
                          "127.0.0.1:PORT (use `imtel worker` for a real Kafka)")
     Path(s.data_dir).mkdir(parents=True, exist_ok=True)
-    broker: Any = None
+    broker: LocalBroker | None = None
     if not embedded.port_open("127.0.0.1", int(port)):
         broker = _start_embedded_broker(kind, int(port), Path(s.data_dir))
     generator = None
@@ -243,22 +246,19 @@ def cmd_embedded(args: argparse.Namespace) -> int:
         return run_worker(s, live_output=True)
     finally:
         embedded.stop(generator)
-        if kind == "kafka" and broker is not None:
+        if broker is not None:
             broker.stop()
-        else:
-            embedded.stop(broker)
 
 
-def _start_embedded_broker(kind: str, port: int, data_dir: Path) -> Any:
+def _start_embedded_broker(kind: str, port: int, data_dir: Path) -> LocalBroker:
     """Tansu (memory only) or a real Kafka node whose log stays in ``data_dir/kafka``."""
     from . import embedded
     from .kafka_server import KafkaStartError, KafkaUnavailable
 
-    if kind == "tansu":
-        return embedded.start_broker(port, data_dir / "broker.log")
-    try:
+    if kind == "kafka":
         print("[imtel] starting Apache Kafka (fetched from Maven Central on first use)...", flush=True)
-        return embedded.start_kafka(port, data_dir / "kafka")
+    try:
+        return embedded.start_local(kind, port, data_dir)
     except KafkaUnavailable as exc:
         raise UsageError(str(exc)) from None
     except KafkaStartError as exc:

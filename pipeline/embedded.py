@@ -14,8 +14,8 @@ import random
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,11 @@ BROKERS = ("tansu", "kafka")
 # classic group protocol (no KIP-848).
 TANSU_GROUP_SETTINGS: dict[str, Any] = {"kafka_max_poll_interval_ms": 10_000, "kafka_session_timeout_ms": 10_000,
                                         "kafka_group_protocol": "classic", "kafka_assignor": "range"}
+
+
+def tansu_env() -> dict[str, str]:
+    """Tansu's group settings as ``IMTEL_*`` variables, for a worker started as a child process."""
+    return {PREFIX + k.upper(): str(v) for k, v in TANSU_GROUP_SETTINGS.items()}
 
 
 def for_tansu(settings: Settings, env: dict[str, str]) -> Settings:
@@ -108,13 +113,28 @@ def start_broker(port: int, log_path: Path | None = None, host: str = "127.0.0.1
     return proc
 
 
-def start_kafka(port: int, data_dir: Path) -> Any:
-    """Start a real Apache Kafka node on loopback ``port`` with its log in ``data_dir`` (kept across runs,
-    retention enforced); fetched from Maven Central on first use. Raises ``KafkaUnavailable`` (one
-    sentence) where Java or Maven is missing."""
+@dataclass(frozen=True)
+class LocalBroker:
+    """A broker this process started on loopback: the bundled one or a real Kafka node."""
+
+    kind: str  # tansu | kafka
+    pid: int
+    stop: Callable[[], None]
+
+
+def start_local(kind: str, port: int, data_dir: Path) -> LocalBroker:
+    """Start the ``kind`` of broker on loopback ``port``: Tansu (memory only, its log in
+    ``data_dir/broker.log``) or a real Apache Kafka node whose log stays in ``data_dir/kafka`` (kept
+    across runs, retention enforced; fetched from Maven Central on first use: raises
+    ``KafkaUnavailable``, one sentence, where Java or Maven is missing)."""
+    if kind == "tansu":
+        proc = start_broker(port, data_dir / "broker.log")
+        return LocalBroker(kind, proc.pid, lambda: stop(proc))
     from .kafka_server import KafkaServer
 
-    return KafkaServer(data_dir, port=port).start()
+    server = KafkaServer(data_dir / "kafka", port=port).start()
+    assert server.proc is not None
+    return LocalBroker(kind, server.proc.pid, server.stop)
 
 
 def stop(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:

@@ -392,10 +392,7 @@ class KafkaBatchSource(Service):
         self.metrics.rebalances.labels("assigned").inc()
         self._recreate_lost_topics()
         self._refresh_topic_ids()
-        committed = consumer.committed(partitions, timeout=10)
-        for tp in committed:
-            start = tp.offset if tp.offset != OFFSET_INVALID and tp.offset >= 0 else 0
-            self.pending_recovery[(tp.topic, tp.partition)] = start
+        self._recover_from_committed(consumer, partitions)
         # eager: the whole new assignment (the revocation emptied ours); cooperative: only what is added
         added = {(tp.topic, tp.partition) for tp in partitions}
         self.assignment = [tp for tp in self.assignment if (tp.topic, tp.partition) not in added] + list(partitions)
@@ -425,7 +422,8 @@ class KafkaBatchSource(Service):
                 settled = False
                 log.warning("revoked with %d unwritten records (dropped, not committed): %s", dropped, exc)
         if not settled and kept:
-            self._rewind_to_committed(consumer, kept)
+            self._recover_from_committed(consumer, kept, seek=True)
+            log.warning("rewound %d kept partitions to their committed offsets", len(kept))
         self.assignment = kept
         for key in revoked:
             self.pending_recovery.pop(key, None)
@@ -433,15 +431,15 @@ class KafkaBatchSource(Service):
         self.ready = bool(kept) and self.ready
         self._update_assigned()
 
-    def _rewind_to_committed(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """After dropping unwritten records, the partitions we keep (a cooperative rebalance) must be
-        read again from their committed offsets, with recovery skipping whatever was already stored:
-        their fetch positions are past the dropped records."""
+    def _recover_from_committed(self, consumer: Consumer, partitions: list[TopicPartition], seek: bool = False) -> None:
+        """Queue recovery (skip what was stored past the commit) of ``partitions`` from their committed
+        offsets; with ``seek``, also read them again from there. Seeking is for partitions we keep after
+        dropping unwritten records (an incremental rebalance): their fetch positions are past those."""
         for tp in consumer.committed(partitions, timeout=10):
             start = tp.offset if tp.offset != OFFSET_INVALID and tp.offset >= 0 else 0
-            consumer.seek(TopicPartition(tp.topic, tp.partition, start))
+            if seek:
+                consumer.seek(TopicPartition(tp.topic, tp.partition, start))
             self.pending_recovery[(tp.topic, tp.partition)] = start
-        log.warning("rewound %d kept partitions to their committed offsets", len(partitions))
 
     def _settle_flight(self, consumer: Consumer) -> bool:
         """On revocation: finish the write in flight (one more attempt if it failed) and commit it, or

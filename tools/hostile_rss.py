@@ -44,16 +44,13 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="imtel-hostile-"))
-    broker, kafka = None, None
+    broker = None
     bootstrap = args.bootstrap
     if not bootstrap:
         port = embedded.free_port()
-        if args.broker == "kafka":
-            kafka = embedded.start_kafka(port, work / "kafka")
-        else:
-            broker = embedded.start_broker(port, work / "broker.log")
+        broker = embedded.start_local(args.broker, port, work)
         bootstrap = f"127.0.0.1:{port}"
-    tansu = {"IMTEL_" + k.upper(): str(v) for k, v in embedded.TANSU_GROUP_SETTINGS.items()} if broker else {}
+    tansu = embedded.tansu_env() if broker is not None and broker.kind == "tansu" else {}
     tag = uuid.uuid4().hex[:8]
     base = {"IMTEL_KAFKA_BOOTSTRAP": bootstrap, "IMTEL_TOPIC_REQUEST_LOGS": f"logs-{tag}",
             "IMTEL_TOPIC_MONITORING_SAMPLES": f"samples-{tag}", "IMTEL_TOPIC_DEAD_LETTERS": f"dlq-{tag}",
@@ -91,9 +88,8 @@ def main() -> int:
     finally:
         if worker is not None and worker.alive():
             worker.stop(60)
-        embedded.stop(broker)
-        if kafka is not None:
-            kafka.stop()
+        if broker is not None:
+            broker.stop()
 
 
 if __name__ == "__main__":

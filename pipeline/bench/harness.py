@@ -150,8 +150,7 @@ def run(o: Options) -> dict[str, Any]:
     work = o.work_dir or Path(tempfile.mkdtemp(prefix="imtel-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     port = embedded.free_port()
-    kafka = embedded.start_kafka(port, work / "kafka") if o.broker == "kafka" else None
-    broker = kafka.proc if kafka is not None else embedded.start_broker(port, work / "broker.log")
+    broker = embedded.start_local(o.broker, port, work)
     broker_cpu = procstat.CpuMeter(broker.pid).start()
     bootstrap = f"127.0.0.1:{port}"
     results: dict[str, Any] = {"schema": 1, "generated_at": started.isoformat(timespec="seconds"),
@@ -189,10 +188,7 @@ def run(o: Options) -> dict[str, Any]:
     finally:
         probe.stop()
         broker_cpu.stop()
-        if kafka is not None:
-            kafka.stop()
-        else:
-            embedded.stop(broker)
+        broker.stop()
         if not o.keep:
             shutil.rmtree(work, ignore_errors=True)
     results["machine"] = _machine(load_start, speed_start)

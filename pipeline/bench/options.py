@@ -102,9 +102,9 @@ def options(args: argparse.Namespace, argv: list[str]) -> Options:
             raise ValueError(f"--pipeline-env takes IMTEL_NAME=VALUE, got {item!r}")
         env[key] = value
     if args.broker == "tansu":  # the bundled broker speaks only the classic group protocol, slowly
-        from ..embedded import TANSU_GROUP_SETTINGS
+        from ..embedded import tansu_env
 
-        env = {**{"IMTEL_" + k.upper(): str(v) for k, v in TANSU_GROUP_SETTINGS.items()}, **env}
+        env = {**tansu_env(), **env}
     fresh = args.freshness_seconds if args.freshness_seconds is not None else (4.0 if quick else 20.0)
     if fresh < 0:
         raise ValueError("--freshness-seconds must not be negative")

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from pipeline.policy import DAY_MS, POLICY_FILE
+from tests.support.kafka_io import alter_topic
 
 from .conftest import run_sql
 
@@ -35,14 +35,6 @@ def audit(env: dict[str, str], *args: str) -> tuple[int, dict]:
 
 def statuses(doc: dict) -> dict[str, str]:
     return {c["name"]: c["status"] for c in doc["checks"]}
-
-
-def alter_topic(bootstrap: str, topic: str, **configs: str) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
-        ConfigEntry(k.replace("_", "."), v, incremental_operation=AlterConfigOpType.SET) for k, v in configs.items()])
-    for future in admin.incremental_alter_configs([resource]).values():
-        future.result(10)
 
 
 def test_fresh_deployment_passes_and_hand_changes_fail(pipeline_env: dict[str, str]) -> None:

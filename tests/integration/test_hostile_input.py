@@ -25,7 +25,7 @@ import pytest
 from pipeline.generate import Traffic
 from pipeline.settings import Settings
 from pipeline.topics import ensure_topics
-from tests.support.kafka_io import RecordingProducer, read_topic
+from tests.support.kafka_io import RecordingProducer, alter_topic, read_topic
 from tests.support.workers import Stream, WorkerProcess, wait_for
 
 from .conftest import run_sql
@@ -130,16 +130,10 @@ def test_dead_letters_the_broker_refuses_are_recorded_not_retried_forever(pipeli
     """The dead-letter topic's own max.message.bytes is lowered under the letters' size (as an operator
     might, or a broker default): the real broker answers MSG_SIZE_TOO_LARGE, which no retry fixes. The
     letters land in the ledger with that said, are counted, and the stream keeps flowing."""
-    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
-
     env = {**pipeline_env, "IMTEL_DEAD_LETTER_MAX_BYTES": "16384"}
     s = Settings.from_env(env)
     ensure_topics(s)
-    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
-    resource = ConfigResource(ConfigResource.Type.TOPIC, s.topic_dead_letters, incremental_configs=[
-        ConfigEntry("max.message.bytes", "2048", incremental_operation=AlterConfigOpType.SET)])
-    for future in admin.incremental_alter_configs([resource]).values():
-        future.result(10)
+    alter_topic(s.kafka_bootstrap, s.topic_dead_letters, max_message_bytes="2048")
     worker = WorkerProcess("worker", env, tmp_path).start()
     stream = Stream(s.kafka_bootstrap, s.topic_request_logs, rate=300, total=3000, seed=17)
     producer = RecordingProducer(s.kafka_bootstrap)

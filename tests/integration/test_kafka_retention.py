@@ -16,12 +16,12 @@ import uuid
 import msgspec
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from pipeline import audit, registry
 from pipeline.policy import DAY_MS, load_policy
 from pipeline.settings import Settings
 from pipeline.topics import ensure_topics, oldest_record_ages, topic_specs
+from tests.support.kafka_io import alter_topic
 from tests.support.workers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -33,15 +33,6 @@ def settings_for(broker: str) -> Settings:
                               "IMTEL_TOPIC_MONITORING_SAMPLES": f"samples-{tag}",
                               "IMTEL_TOPIC_DEAD_LETTERS": f"dlq-{tag}", "IMTEL_TOPIC_APPLICATIONS": f"apps-{tag}",
                               "IMTEL_TOPIC_PARTITIONS": "1"})
-
-
-def alter(broker: str, topic: str, **configs: str) -> None:
-    """Incremental alter, as ``kafka-configs --alter --add-config`` does."""
-    resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
-        ConfigEntry(k.replace("_", "."), v, incremental_operation=AlterConfigOpType.SET) for k, v in configs.items()])
-    admin = AdminClient({"bootstrap.servers": broker})  # kept alive until the answers are in
-    for future in admin.incremental_alter_configs([resource]).values():
-        future.result(10)
 
 
 def produce(broker: str, topic: str, records: list[tuple[bytes, bytes]], timestamp_ms: int | None = None) -> None:
@@ -84,7 +75,7 @@ def test_a_topics_retention_really_deletes_old_segments(broker: str) -> None:
     s = settings_for(broker)
     ensure_topics(s)
     logs = s.topic_request_logs
-    alter(broker, logs, retention_ms="3000", segment_ms="1000")
+    alter_topic(broker, logs, retention_ms="3000", segment_ms="1000")
     produce(broker, logs, [(b"1", b'{"n": %d}' % i) for i in range(50)])
     assert low_watermark(broker, logs) == 0 and len(read_all(broker, logs)) == 50
     assert 0 <= (oldest_record_ages(s, [logs])[logs] or -1) < 60
@@ -112,7 +103,7 @@ def test_compaction_of_the_registry_topic_keeps_the_latest_state_per_app(broker:
     s = settings_for(broker)
     ensure_topics(s)
     apps = s.topic_applications
-    alter(broker, apps, segment_ms="500", min_cleanable_dirty_ratio="0.01", min_compaction_lag_ms="0")
+    alter_topic(broker, apps, segment_ms="500", min_cleanable_dirty_ratio="0.01", min_compaction_lag_ms="0")
     history = {1400000001: ["Acme", "Acme Chat", "Acme Chat Pro"], 1400000002: ["Beta", "Beta Social"]}
     for version in range(3):
         produce(broker, apps, [(str(app).encode(), msgspec.json.encode(registry.make_update(

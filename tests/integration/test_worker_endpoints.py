@@ -5,17 +5,17 @@ the per-run token; the data endpoints refuse unauthenticated, rebound (foreign `
 from __future__ import annotations
 
 import json
-import signal
 import stat
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.workers import WorkerProcess, wait_for
 
 DATA = [("GET", "/queries/app_health"), ("GET", "/report?app=1400000001&from=now-31d"), ("GET", "/audit"),
         ("GET", "/apps"), ("POST", "/erase")]
@@ -37,24 +37,13 @@ def call(port: str, path: str, method: str = "GET", headers: dict[str, str] | No
 @pytest.fixture
 def worker(pipeline_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     """A worker process on the pipeline's embedded store; yields its web port once it is ready."""
-    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - owned by the process
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=pipeline_env, cwd=tmp_path,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = WorkerProcess("worker", pipeline_env, tmp_path).start()
     port = pipeline_env["IMTEL_WEB_PORT"]
     try:
-        deadline = time.monotonic() + 60
-        while not _ready(port):
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "worker.log").read_text()
-            time.sleep(0.5)
+        wait_for(lambda: _ready(port), 60, "the worker ready", workers=[proc])
         yield port
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        log.close()
+        proc.stop(30)
 
 
 def _ready(port: str) -> bool:

@@ -13,8 +13,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from pipeline.kafka_client import produce_blocking
+
+
+def alter_topic(bootstrap: str, topic: str, **configs: str) -> None:
+    """Set topic configs by hand (``retention_ms="1000"`` sets ``retention.ms``), as an operator would
+    with ``kafka-configs --alter --add-config``: an incremental alter, other configs untouched."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # kept alive until the answers are in
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
+        ConfigEntry(k.replace("_", "."), v, incremental_operation=AlterConfigOpType.SET) for k, v in configs.items()])
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(10)
 
 
 @dataclass(frozen=True)
