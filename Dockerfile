@@ -6,7 +6,7 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-# A C compiler for the native request-log decoder (pipeline/_fastlog.c); the runtime stage needs none.
+# A C compiler for the native request-log decoder (pipeline/ingest/_fastlog.c); the runtime stage needs none.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev \
@@ -17,10 +17,10 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
 COPY schemas ./schemas
-# Editable, so that pipeline/policy.py finds schemas/ next to the package, as in the repo.
+# Editable, so that pipeline/config/policy.py finds schemas/ next to the package, as in the repo.
 # The import check fails the build when the decoder was skipped (setuptools builds it as optional).
 RUN pip install -e . \
- && python -c "import pipeline._fastlog" \
+ && python -c "import pipeline.ingest._fastlog" \
  && python -m compileall -q /app/pipeline
 
 FROM ${PYTHON_IMAGE}

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 
 .PHONY: run test venv lint unit integration generate clean bench bench-env fuzz
 
-$(BIN)/imtel: pyproject.toml pipeline/_fastlog.c
+$(BIN)/imtel: pyproject.toml pipeline/ingest/_fastlog.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[dev]"
@@ -34,7 +34,7 @@ integration: venv
 test: lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
-# The native parser (pipeline/_fastlog.c) under libFuzzer + ASan + UBSan, longer than the ~20 s of
+# The native parser (pipeline/ingest/_fastlog.c) under libFuzzer + ASan + UBSan, longer than the ~20 s of
 # `make test` (tests/unit/test_fuzz_fastlog.py). Needs clang-14 and libclang-rt-14-dev (Debian).
 # The corpus grows in FUZZ_DIR across runs; a crash input is left there and named on failure.
 FUZZ_SECONDS ?= 600
@@ -44,8 +44,8 @@ fuzz: venv
 	$(BIN)/python -m tests.fuzz.fastlog --seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS) --workdir $(FUZZ_DIR)
 
 generate: venv
-	$(BIN)/python -m pipeline.dashboards
-	$(BIN)/python -m pipeline.slo
+	$(BIN)/python -m pipeline.monitoring.dashboards
+	$(BIN)/python -m pipeline.monitoring.slo
 	$(BIN)/python tools/gen_k8s.py
 
 # The benchmark (README "Performance"): ~5 minutes; BENCH_ARGS="--quick" for a smoke run.

@@ -38,10 +38,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .settings import Settings, SettingsError, cluster_problem, redact_dsn
+from pipeline.config.settings import Settings, SettingsError, cluster_problem, redact_dsn
 
 if TYPE_CHECKING:
-    from .embedded import LocalBroker
+    from pipeline.dev.embedded import LocalBroker
 
 N = TypeVar("N", int, float)
 
@@ -99,8 +99,8 @@ def throttle_driver_logs() -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from . import migrations
-    from .sinks.clickhouse import connect
+    from pipeline.schema import migrations
+    from pipeline.sinks.clickhouse import connect
 
     s = _settings(args)
     if problem := cluster_problem(args.cluster):  # rendered into ON CLUSTER '...': never arbitrary text
@@ -110,7 +110,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     cluster = args.cluster or s.clickhouse_cluster
     policy = _policy(args)
     if cluster:  # replicated local tables + Distributed tables for reads and writes
-        from . import cluster_schema
+        from pipeline.schema import cluster as cluster_schema
 
         applied = cluster_schema.apply(client, s.clickhouse_database, cluster, policy)
     else:
@@ -124,7 +124,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    from .topics import ensure_topics, reconcile_topics
+    from pipeline.schema.topics import ensure_topics, reconcile_topics
 
     s, policy = _settings(args), _policy(args)
     created = ensure_topics(s, policy=policy)
@@ -136,7 +136,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 def _policy(args: argparse.Namespace) -> Any:
     """The retention policy: ``--policy PATH`` or schemas/retention.yaml (a broken file: one line)."""
-    from .policy import POLICY_FILE, load_policy
+    from pipeline.config.policy import POLICY_FILE, load_policy
 
     return load_policy(Path(getattr(args, "policy", None) or POLICY_FILE))
 
@@ -183,8 +183,8 @@ def run_worker(s: Settings, live_output: bool = False) -> int:
     """Build the pipeline and run the faust worker until SIGINT/SIGTERM."""
     from faust.worker import Worker
 
-    from . import migrations
-    from .app import build
+    from pipeline.schema import migrations
+    from pipeline.worker.app import build
 
     _ensure_data_dir(s)
     _ensure_port_free(s)
@@ -209,15 +209,15 @@ def run_worker(s: Settings, live_output: bool = False) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     s = _settings(args)
     _logging(s.log_level)
-    from .topics import ensure_topics
+    from pipeline.schema.topics import ensure_topics
 
     ensure_topics(s)
     return run_worker(s)
 
 
 def cmd_embedded(args: argparse.Namespace) -> int:
-    from . import embedded
-    from .topics import ensure_topics
+    from pipeline.dev import embedded
+    from pipeline.schema.topics import ensure_topics
 
     s = _settings(args)
     kind = args.broker or s.embedded_broker
@@ -252,8 +252,8 @@ def cmd_embedded(args: argparse.Namespace) -> int:
 
 def _start_embedded_broker(kind: str, port: int, data_dir: Path) -> LocalBroker:
     """Tansu (memory only) or a real Kafka node whose log stays in ``data_dir/kafka``."""
-    from . import embedded
-    from .kafka_server import KafkaStartError, KafkaUnavailable
+    from pipeline.dev import embedded
+    from pipeline.dev.kafka_server import KafkaStartError, KafkaUnavailable
 
     if kind == "kafka":
         print("[imtel] starting Apache Kafka (fetched from Maven Central on first use)...", flush=True)
@@ -266,7 +266,7 @@ def _start_embedded_broker(kind: str, port: int, data_dir: Path) -> LocalBroker:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .generate import Incident, produce
+    from pipeline.dev.generate import Incident, produce
 
     s = Settings.from_env()
     bootstrap = args.bootstrap or s.kafka_bootstrap
@@ -284,15 +284,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from . import queries
+    from pipeline.ops import queries
 
     s = _settings(args)
     raw = _key_values(args.param)
     params = queries.parse_params(args.name, raw)
     result = _query_via_worker(s, args.name, raw)
     if result is None:
-        from .metrics import Metrics
-        from .sinks.clickhouse import ClickHouseStore, connect
+        from pipeline.monitoring.metrics import Metrics
+        from pipeline.sinks.clickhouse import ClickHouseStore, connect
 
         store = ClickHouseStore(connect(s.clickhouse_url, s.clickhouse_user, s.clickhouse_password),
                                 s.clickhouse_database, Metrics())
@@ -307,7 +307,7 @@ def _query_via_worker(s: Settings, name: str, raw: dict[str, str]) -> dict[str, 
     return None if answer is None else dict(json.loads(answer))
 
 
-WORKER_TOKEN_FILE = "worker.token"  # pipeline.app.TOKEN_FILE (not imported: that would load faust)
+WORKER_TOKEN_FILE = "worker.token"  # pipeline.worker.app.TOKEN_FILE (not imported: that would load faust)
 OPEN_WORKER_PATHS = ("/metrics", "/healthz", "/readyz")
 
 
@@ -384,7 +384,7 @@ def _render(result: dict[str, Any], fmt: str) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from . import report
+    from pipeline.ops import report
 
     s = _settings(args)
     raw = {"app": args.app, **({"from": args.from_} if args.from_ else {}), **({"to": args.to} if args.to else {})}
@@ -392,8 +392,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     absolute = {"app": str(req.app), "from": req.start.isoformat(), "to": req.end.isoformat()}
     html = _report_via_worker(s, absolute)
     if html is None:  # no worker owns the store: open it here
-        from .metrics import Metrics
-        from .sinks.clickhouse import ClickHouseStore, InsertError, connect
+        from pipeline.monitoring.metrics import Metrics
+        from pipeline.sinks.clickhouse import ClickHouseStore, InsertError, connect
 
         store = ClickHouseStore(connect(s.clickhouse_url, s.clickhouse_user, s.clickhouse_password),
                                 s.clickhouse_database, Metrics())
@@ -427,8 +427,8 @@ def _ask_worker(s: Settings, path: str, body: dict[str, Any] | None = None) -> A
 
 
 def _direct_store(s: Settings) -> Any:
-    from .metrics import Metrics
-    from .sinks.clickhouse import ClickHouseStore, connect
+    from pipeline.monitoring.metrics import Metrics
+    from pipeline.sinks.clickhouse import ClickHouseStore, connect
 
     return ClickHouseStore(connect(s.clickhouse_url, s.clickhouse_user, s.clickhouse_password),
                            s.clickhouse_database, Metrics())
@@ -444,8 +444,8 @@ def _from_store(s: Settings, path: str, direct: Any, body: dict[str, Any] | None
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from . import audit
-    from .topics import topic_specs
+    from pipeline.ops import audit
+    from pipeline.schema.topics import topic_specs
 
     s, policy = _settings(args), _policy(args)
     specs = topic_specs(s, policy)
@@ -463,8 +463,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_erase(args: argparse.Namespace) -> int:
     import getpass
 
-    from . import erasure
-    from .topics import topic_names
+    from pipeline.ops import erasure
+    from pipeline.schema.topics import topic_names
 
     s, policy = _settings(args), _policy(args)
     erasure.check_app(args.app)
@@ -487,7 +487,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
 
 
 def _apps(s: Settings) -> list[dict[str, Any]]:
-    from . import registry
+    from pipeline.ops import registry
 
     return list(_from_store(s, "/apps", lambda store: registry.jsonable(registry.list_apps(store))))
 
@@ -495,7 +495,7 @@ def _apps(s: Settings) -> list[dict[str, Any]]:
 def cmd_apps(args: argparse.Namespace) -> int:
     import time
 
-    from . import registry
+    from pipeline.ops import registry
 
     s, policy = _settings(args), _policy(args)
     if args.action == "list":
@@ -536,7 +536,7 @@ def cmd_apps(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import harness
+    from pipeline.dev.bench import harness
 
     return harness.main(args, sys.argv[2:] if len(sys.argv) > 2 and sys.argv[1] == "bench" else [])
 
@@ -545,7 +545,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
     """One embedded store behind ClickHouse's HTTP interface until SIGTERM/Ctrl-C (``engine_server``).
     Always authenticated: without --password-file a token is generated into ``STORE/engine.token``
     (0600) and reused on restart; a bind beyond loopback needs TLS and an explicit password file."""
-    from .engine_server import TOKEN_FILE, Access, EngineServer, Limits, StoreError, is_loopback, serve
+    from pipeline.dev.engine import TOKEN_FILE, Access, EngineServer, Limits, StoreError, is_loopback, serve
 
     if args.store.exists() and not args.store.is_dir():
         raise UsageError(f"--store {args.store} is a file, not a folder")
@@ -679,7 +679,7 @@ def parser() -> argparse.ArgumentParser:
                     help="data ports: the first on --port, the others on free ports (faultable one by one)")
     en.add_argument("--fault-admin-port", type=_port, default=None,
                     help="TESTS ONLY: enable fault injection (/__faults) on this loopback port (0: a free one)")
-    from .bench.options import add_arguments as bench_arguments
+    from pipeline.dev.bench.options import add_arguments as bench_arguments
 
     bench_arguments(add("bench", cmd_bench, "benchmark the pipeline against the peers and the machine's limit"))
     return p
@@ -731,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # last resort: one line, no traceback (set IMTEL_LOG_LEVEL=debug for one)
         if os.environ.get("IMTEL_LOG_LEVEL") == "debug":
             raise
-        from .sinks.clickhouse import classify
+        from pipeline.sinks.clickhouse import classify
 
         err = classify(exc)
         if err.code in AUTH_CODES:

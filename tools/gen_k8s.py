@@ -1,7 +1,7 @@
 """Generate the k8s/ files that must never drift from their sources.
 
-- ``k8s/overlays/<env>/kafka-topics.yaml``: Strimzi KafkaTopics from ``pipeline.topics.topic_specs``
-  (names, configs and ``retention.ms`` from schemas/retention.yaml via pipeline/policy.py).
+- ``k8s/overlays/<env>/kafka-topics.yaml``: Strimzi KafkaTopics from ``pipeline.schema.topics.topic_specs``
+  (names, configs and ``retention.ms`` from schemas/retention.yaml via pipeline/config/policy.py).
 - ``k8s/base/monitoring/prometheusrule.yaml``: a PrometheusRule wrapping every ``alerts/*.rules.yml``.
 - ``k8s/base/monitoring/dashboards.yaml``: a ConfigMap with every ``grafana/dashboards/*.json``.
 
@@ -28,8 +28,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.settings import Settings  # noqa: E402
-from pipeline.topics import topic_specs  # noqa: E402
+from pipeline.config.settings import Settings  # noqa: E402
+from pipeline.schema.topics import topic_specs  # noqa: E402
 
 KAFKA_CLUSTER = "imtel-kafka"
 # Partitions bound the workers' parallelism (KEDA maxReplicaCount <= partitions). 12 divides evenly
@@ -99,7 +99,7 @@ yaml.SafeDumper.add_representer(str, _literal)
 def generate(root: Path = ROOT) -> dict[Path, str]:
     """Every generated file (path relative to the repo) and its content."""
     files = {Path(f"k8s/overlays/{env}/kafka-topics.yaml"):
-             _dump(kafka_topics(env), "schemas/retention.yaml via pipeline.topics") for env in OVERLAYS}
+             _dump(kafka_topics(env), "schemas/retention.yaml via pipeline.schema.topics") for env in OVERLAYS}
     monitoring = Path("k8s/base/monitoring")
     files[monitoring / "prometheusrule.yaml"] = _dump([prometheus_rule(root)], "alerts/*.rules.yml")
     files[monitoring / "dashboards.yaml"] = _dump([dashboards(root)], "grafana/dashboards/*.json")

@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import embedded
-from pipeline.settings import Settings
-from pipeline.topics import ensure_topics
+from pipeline.config.settings import Settings
+from pipeline.dev import embedded
+from pipeline.schema.topics import ensure_topics
 from tests.integration.test_hostile_input import hostile_cases
 from tests.support.kafka_io import RecordingProducer
 from tests.support.workers import Stream, WorkerProcess, wait_for, worker_env

@@ -27,7 +27,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..metrics import Metrics
+from pipeline.monitoring.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

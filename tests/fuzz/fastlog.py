@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 HARNESS = HERE / "fastlog_fuzz.c"
 SEEDS = HERE / "corpus" / "fastlog"
 DICTIONARY = HERE / "fastlog.dict"
-PARSER = HERE.parent.parent / "pipeline" / "_fastlog.c"
+PARSER = HERE.parent.parent / "pipeline" / "ingest" / "_fastlog.c"
 # Debian names clang by version; the unversioned name comes only with the ``clang`` package.
 CLANGS = ("clang", *(f"clang-{v}" for v in range(19, 13, -1)))
 APT_HINT = "apt-get install -y --no-install-recommends clang-14 libclang-rt-14-dev"

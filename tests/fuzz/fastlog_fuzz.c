@@ -1,4 +1,4 @@
-/* libFuzzer target for the request-log parser of pipeline/_fastlog.c (Kafka bytes are untrusted).
+/* libFuzzer target for the request-log parser of pipeline/ingest/_fastlog.c (Kafka bytes are untrusted).
  *
  * Built with -fsanitize=fuzzer,address,undefined by tests/fuzz/fastlog.py: the parser file is
  * included whole so its static functions are reachable, and ``message`` runs exactly as
@@ -12,7 +12,7 @@
  * bounds of records.py, integers within their ranges, minimised addresses as privacy.py writes them).
  * Value-for-value agreement with msgspec is tests/unit/test_fastlog.py's job (it needs Python).
  */
-#include "../../pipeline/_fastlog.c"
+#include "../../pipeline/ingest/_fastlog.c"
 
 #include <stdio.h>
 #include <stdlib.h>

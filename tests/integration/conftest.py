@@ -1,6 +1,6 @@
 """Fixtures for integration tests: a real Apache Kafka broker process, a real embedded ClickHouse engine.
 
-The session's broker is Apache Kafka 4.x (``pipeline.kafka_server``: KRaft, one combined node, its log
+The session's broker is Apache Kafka 4.x (``pipeline.dev.kafka_server``: KRaft, one combined node, its log
 in a temp folder, on a free loopback port), the broker production runs; the bundled Tansu broker, the
 embedded default, keeps an end-to-end smoke test of its own (``test_embedded_run``).
 
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import embedded
-from pipeline.kafka_server import KafkaServer
+from pipeline.dev import embedded
+from pipeline.dev.kafka_server import KafkaServer
 from tests.support.brokers import BrokerProcess
 
 free_port = embedded.free_port  # ports outside the ephemeral range: see its docstring
@@ -78,7 +78,7 @@ def run_sql(store: Path, statements: list[str], migrate: bool = True) -> list[li
     script = textwrap.dedent(f"""
         import json, sys
         import clickhouse_connect
-        from pipeline import migrations
+        from pipeline.schema import migrations
         client = clickhouse_connect.get_client(dsn="chdb://{store}")
         if {migrate!r}:
             migrations.apply(client, "imtel")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.policy import DAY_MS, POLICY_FILE
+from pipeline.config.policy import DAY_MS, POLICY_FILE
 from tests.support.kafka_io import alter_topic
 
 from .conftest import run_sql
@@ -100,7 +100,7 @@ def test_policy_change_through_migrations_and_old_rows(pipeline_env: dict[str, s
 
 def test_cluster_statements_parse(tmp_path: Path) -> None:
     """chDB cannot run ON CLUSTER, but its parser checks the statements the cluster form sends."""
-    from pipeline import migrations
+    from pipeline.schema import migrations
 
     class Recorder:
         def __init__(self) -> None:

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from pipeline.kafka_server import KafkaCluster
-from pipeline.settings import Settings
-from pipeline.topics import ensure_topics
+from pipeline.config.settings import Settings
+from pipeline.dev.kafka_server import KafkaCluster
+from pipeline.schema.topics import ensure_topics
 from tests.support.workers import Stream, WorkerProcess, wait_for, worker_env
 
 from .conftest import TEST_BROKER_GROUP_CONFIG, free_port, run_sql

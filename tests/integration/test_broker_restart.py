@@ -17,9 +17,9 @@ import msgspec
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from pipeline.generate import Traffic
-from pipeline.settings import Settings
-from pipeline.topics import ensure_topics
+from pipeline.config.settings import Settings
+from pipeline.dev.generate import Traffic
+from pipeline.schema.topics import ensure_topics
 from tests.support.brokers import BrokerProcess
 from tests.support.kafka_io import RecordingProducer, committed
 from tests.support.workers import WorkerProcess, wait_for

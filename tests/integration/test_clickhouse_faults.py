@@ -33,8 +33,8 @@ import msgspec
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from pipeline.settings import Settings
-from pipeline.topics import ensure_topics
+from pipeline.config.settings import Settings
+from pipeline.schema.topics import ensure_topics
 from tests.support.shim_process import ShimProcess
 from tests.support.verify import aggregates, duplicates, stored_ids
 from tests.support.workers import Stream, WorkerProcess, committed_offsets, wait_for, worker_env

@@ -2,7 +2,7 @@
 each time; afterwards the store holds every valid record exactly once, the aggregates equal a
 recomputation from the raw rows, and the dead letters are exactly the invalid records.
 
-The kills land where exactly-once is hard, through the worker's failpoints (``pipeline/failpoints.py``):
+The kills land where exactly-once is hard, through the worker's failpoints (``pipeline/worker/failpoints.py``):
 between the raw insert and the aggregate insert, after everything was stored but before the offset
 commit, inside a rebalance's revocation (a consumer joins the group, the worker dies with rows
 buffered), plus one plain ``kill -9`` at a random moment while it writes. A dedicated broker keeps the
@@ -30,9 +30,9 @@ import msgspec
 import pytest
 from confluent_kafka import Consumer
 
-from pipeline.generate import Traffic
-from pipeline.settings import Settings
-from pipeline.topics import ensure_topics
+from pipeline.config.settings import Settings
+from pipeline.dev.generate import Traffic
+from pipeline.schema.topics import ensure_topics
 from tests.support.brokers import BrokerProcess
 from tests.support.ipscan import Scanner
 from tests.support.kafka_io import RecordingProducer, committed, read_topic

@@ -19,9 +19,9 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.generate import Traffic
-from pipeline.settings import Settings
-from pipeline.topics import ensure_topics
+from pipeline.config.settings import Settings
+from pipeline.dev.generate import Traffic
+from pipeline.schema.topics import ensure_topics
 from tests.support.verify import RAW_AGGREGATES, STORED_AGGREGATES
 from tests.support.workers import wait_for
 

@@ -5,7 +5,7 @@ admin) serves every test of this module. Each test plays one attacker: no creden
 GET, a body too big to read, a gzip bomb before authentication, a slow client (slowloris), a foreign
 Host (DNS rebinding) or a web page's Origin, a header injected through ``query_id``, and SQL that
 reaches the local filesystem (``file()``, ``FROM INFILE``). The limits asserted are the stated ones
-(``pipeline.engine_server.Limits``, ``docs/security.md``).
+(``pipeline.dev.engine.Limits``, ``docs/security.md``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import clickhouse_connect
 import pytest
 
-from pipeline.engine_server import Limits
+from pipeline.dev.engine import Limits
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

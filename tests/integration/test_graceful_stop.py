@@ -16,9 +16,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from pipeline.generate import Traffic
-from pipeline.settings import Settings
-from pipeline.topics import ensure_topics
+from pipeline.config.settings import Settings
+from pipeline.dev.generate import Traffic
+from pipeline.schema.topics import ensure_topics
 from tests.support.kafka_io import RecordingProducer, committed
 from tests.support.workers import WorkerProcess, wait_for
 

@@ -1,4 +1,4 @@
-"""Hostile input inside normal traffic, through a real worker, broker and engine (pipeline/limits.py).
+"""Hostile input inside normal traffic, through a real worker, broker and engine (pipeline/ingest/limits.py).
 
 A steady stream of valid request logs flows while these arrive on the same topic: an invalid message
 of 5 MB, a valid JSON array of 5 MB, a JSON array of 50,000 invalid records, arrays and NDJSON above
@@ -22,9 +22,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from pipeline.generate import Traffic
-from pipeline.settings import Settings
-from pipeline.topics import ensure_topics
+from pipeline.config.settings import Settings
+from pipeline.dev.generate import Traffic
+from pipeline.schema.topics import ensure_topics
 from tests.support.kafka_io import RecordingProducer, alter_topic, read_topic
 from tests.support.workers import Stream, WorkerProcess, wait_for
 

@@ -31,9 +31,9 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from pipeline import registry
-from pipeline.kafka_server import KafkaServer
-from pipeline.settings import Settings
+from pipeline.config.settings import Settings
+from pipeline.dev.kafka_server import KafkaServer
+from pipeline.ops import registry
 from tests.support.brokers import scram_kafka
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,10 +17,10 @@ import msgspec
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from pipeline import audit, registry
-from pipeline.policy import DAY_MS, load_policy
-from pipeline.settings import Settings
-from pipeline.topics import ensure_topics, oldest_record_ages, topic_specs
+from pipeline.config.policy import DAY_MS, load_policy
+from pipeline.config.settings import Settings
+from pipeline.ops import audit, registry
+from pipeline.schema.topics import ensure_topics, oldest_record_ages, topic_specs
 from tests.support.kafka_io import alter_topic
 from tests.support.workers import wait_for
 

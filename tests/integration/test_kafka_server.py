@@ -1,4 +1,4 @@
-"""The real Apache Kafka broker of ``pipeline.kafka_server``: fetched once, run from a kept data dir.
+"""The real Apache Kafka broker of ``pipeline.dev.kafka_server``: fetched once, run from a kept data dir.
 
 What the pipeline counts on from it, checked against the running broker: records and committed
 offsets survive a controlled restart, acknowledged (acks=all) records survive ``kill -9``, a topic is
@@ -22,8 +22,8 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from pipeline import embedded, kafka_server
-from pipeline.kafka_server import FAST_START_JVM_OPTS, KafkaCluster, KafkaServer, KafkaStartError, KafkaUnavailable
+from pipeline.dev import embedded, kafka_server
+from pipeline.dev.kafka_server import FAST_START_JVM_OPTS, KafkaCluster, KafkaServer, KafkaStartError, KafkaUnavailable
 from tests.support.kafka_io import RecordingProducer, committed, read_topic
 
 pytestmark = pytest.mark.integration
@@ -98,7 +98,7 @@ def test_concurrent_first_fetches_share_one_download(tmp_path: Path) -> None:
     """Two processes fetching into an empty cache at once (two xdist workers): both get the same
     complete dir, and no temporary download is left behind."""
     env = {**os.environ, "IMTEL_CACHE_DIR": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-m", "pipeline.kafka_server", "fetch"]
+    cmd = [sys.executable, "-m", "pipeline.dev.kafka_server", "fetch"]
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
@@ -213,7 +213,7 @@ def test_a_broker_that_cannot_start_says_why(tmp_path: Path) -> None:
 
 def test_cli_runs_a_node_until_it_is_told_to_stop(tmp_path: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.kafka_server", "run", "--data", str(tmp_path / "k"),
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.dev.kafka_server", "run", "--data", str(tmp_path / "k"),
                              "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None

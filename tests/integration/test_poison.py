@@ -20,10 +20,10 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
-from pipeline.decode import REASONS
-from pipeline.generate import Traffic
-from pipeline.settings import Settings
-from pipeline.topics import ensure_topics
+from pipeline.config.settings import Settings
+from pipeline.dev.generate import Traffic
+from pipeline.ingest.decode import REASONS
+from pipeline.schema.topics import ensure_topics
 from tests.support import poison
 from tests.support.kafka_io import RecordingProducer, read_topic
 from tests.support.workers import WorkerProcess, wait_for

@@ -26,9 +26,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from pipeline.generate import Traffic
-from pipeline.settings import Settings
-from pipeline.topics import ensure_topics
+from pipeline.config.settings import Settings
+from pipeline.dev.generate import Traffic
+from pipeline.schema.topics import ensure_topics
 from tests.support.ipscan import Scanner
 from tests.support.kafka_io import RecordingProducer, read_topic
 from tests.support.workers import WorkerProcess, wait_for
@@ -100,7 +100,7 @@ def test_no_full_client_ip_in_anything_the_pipeline_emits(pipeline_env: dict[str
                  "the valid records stored")
         wait_for(lambda: worker.metric("imtel_records_invalid_total") >= len(invalid) + 1, 30, "dead letters")
         app = records[0]["sdk_app_id"]
-        token_file = Path(pipeline_env["IMTEL_DATA_DIR"]) / "worker.token"  # the CLI's way in (pipeline.app)
+        token_file = Path(pipeline_env["IMTEL_DATA_DIR"]) / "worker.token"  # the CLI's way in (pipeline.worker.app)
         token = token_file.read_text().strip() if token_file.exists() else ""
         for path in ["/metrics", "/healthz", "/readyz", "/queries/app_health?minutes=30",
                      "/queries/top_failing?minutes=30", f"/report?app={app}", "/audit", "/apps",

@@ -32,8 +32,9 @@ def run_registry(store: Path, body: str) -> object:
     script = textwrap.dedent("""
         import json, time
         import clickhouse_connect
-        from pipeline import migrations, registry
-        from pipeline.metrics import Metrics
+        from pipeline.schema import migrations
+        from pipeline.ops import registry
+        from pipeline.monitoring.metrics import Metrics
         from pipeline.sinks.clickhouse import ClickHouseStore
         client = clickhouse_connect.get_client(dsn="chdb://{store}")
         migrations.apply(client, "imtel")
@@ -50,7 +51,7 @@ def run_registry(store: Path, body: str) -> object:
 def test_terminated_apps_disappear_two_months_after_termination(tmp_path: Path) -> None:
     out = run_registry(tmp_path / "store", """
         import datetime
-        from pipeline.policy import load_policy
+        from pipeline.config.policy import load_policy
         day = 86_400_000
         def row(app, name, status="active", terminated_days_ago=None, version_age_s=0):
             u = registry.make_update(sdk_app_id=app, name=name, status=status, created_at=now_ms - 100 * day,

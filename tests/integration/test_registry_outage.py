@@ -24,11 +24,11 @@ import msgspec
 import pytest
 from confluent_kafka import Producer
 
-from pipeline import registry
-from pipeline.registry import AppUpdate, apply_until_stored, make_update, publish
-from pipeline.settings import Settings
+from pipeline.config.settings import Settings
+from pipeline.ops import registry
+from pipeline.ops.registry import AppUpdate, apply_until_stored, make_update, publish
+from pipeline.schema.topics import ensure_topics
 from pipeline.sinks.clickhouse import InsertError
-from pipeline.topics import ensure_topics
 from tests.support.shim_process import ShimProcess
 from tests.support.workers import WorkerProcess, committed_offsets, wait_for, worker_env
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.settings import Settings
-from pipeline.topics import ensure_topics
+from pipeline.config.settings import Settings
+from pipeline.schema.topics import ensure_topics
 from tests.support.shim_process import ShimProcess
 from tests.support.verify import aggregates, stored_ids
 from tests.support.workers import Stream, WorkerProcess, wait_for, worker_env

@@ -112,7 +112,7 @@ def test_a_refused_kafka_sasl_login_is_one_clear_line_and_never_shown(pipeline_e
 SEED = textwrap.dedent("""
     import sys, time
     import clickhouse_connect
-    from pipeline import migrations
+    from pipeline.schema import migrations
     client = clickhouse_connect.get_client(dsn="chdb://" + sys.argv[1])
     migrations.apply(client, "imtel")
     now = int(time.time())

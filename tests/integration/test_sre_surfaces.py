@@ -40,9 +40,9 @@ import pytest
 import yaml
 from confluent_kafka import Producer
 
-from pipeline import dashboards
-from pipeline.generate import Traffic
-from pipeline.settings import Settings
+from pipeline.config.settings import Settings
+from pipeline.dev.generate import Traffic
+from pipeline.monitoring import dashboards
 
 from ..chromium import CHROMIUM, MEASURE_REPORT, open_page
 from .conftest import free_port, run_sql

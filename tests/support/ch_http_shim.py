@@ -1,7 +1,7 @@
-"""The tests' name for ``pipeline.engine_server`` (``imtel engine``), which began here as a test shim.
+"""The tests' name for ``pipeline.dev.engine`` (``imtel engine``), which began here as a test shim.
 
-The server, its ClickHouse HTTP protocol and the fault injection live in ``pipeline/engine_server.py``
-and ``pipeline/engine_faults.py``; this module re-exports what the tests use and keeps the old
+The server, its ClickHouse HTTP protocol and the fault injection live in ``pipeline/dev/engine.py``
+and ``pipeline/dev/engine_faults.py``; this module re-exports what the tests use and keeps the old
 command line (``python tests/support/ch_http_shim.py --store DIR [--listeners N] --ready-file F
 [--password P]``) for tests that start it directly. That command enables the fault admin listener
 explicitly (on a free loopback port), as every test use of faults must. Without ``--password`` the
@@ -17,8 +17,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pipeline.engine_faults import MODES, Fault, FaultBook
-from pipeline.engine_server import (
+from pipeline.dev.engine import (
     TOKEN_FILE,
     Access,
     Answer,
@@ -31,6 +30,7 @@ from pipeline.engine_server import (
     parse_statement,
     serve,
 )
+from pipeline.dev.engine_faults import MODES, Fault, FaultBook
 
 __all__ = ["MODES", "Access", "Answer", "Engine", "EngineError", "EngineServer", "Fault", "FaultBook", "Statement",
            "decode_body", "main", "parse_statement"]

@@ -15,7 +15,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
-from pipeline.kafka_client import produce_blocking
+from pipeline.config.kafka import produce_blocking
 
 
 def alter_topic(bootstrap: str, topic: str, **configs: str) -> None:

@@ -1,4 +1,4 @@
-"""Run ``imtel engine`` (``pipeline/engine_server.py``) with its fault admin listener explicitly
+"""Run ``imtel engine`` (``pipeline/dev/engine.py``) with its fault admin listener explicitly
 enabled as a child process, and drive it from a test: DSNs, faults, SQL for assertions.
 
 The engine process owns the chDB store (one process per store); the test process never opens it. Test
@@ -93,7 +93,7 @@ class ShimProcess:
 
     # -- faults -------------------------------------------------------------------------------------
     def fault(self, mode: str, listener: int = 0, **spec: Any) -> dict[str, Any]:
-        """Inject a fault (see ``pipeline.engine_faults``); returns it as the engine recorded it."""
+        """Inject a fault (see ``pipeline.dev.engine_faults``); returns it as the engine recorded it."""
         return self._control("POST", {"mode": mode, "listener": listener, **spec})
 
     def faults(self) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ import msgspec
 from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.generate import Traffic
+from pipeline.dev.generate import Traffic
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -1,4 +1,4 @@
-"""pipeline/aggregate.py: per-chunk summaries merge to the summary of everything, merge is a commutative
+"""pipeline/monitoring/sli.py: per-chunk summaries merge to the summary of everything, merge is a commutative
 monoid with ``{}`` as identity, the sums are right, the latency sketch's quantiles are within its
 relative error, and the SLO buckets count what numpy counts."""
 
@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pipeline import aggregate as agg
-from pipeline.processor import SLO_EDGES_MS
+from pipeline.ingest.admission import SLO_EDGES_MS
+from pipeline.monitoring import sli as agg
 
 FAST = settings(max_examples=80, deadline=None)
 MAX_MS = 3_600_000

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import slo
-from pipeline.metrics import Metrics
+from pipeline.monitoring import slo
+from pipeline.monitoring.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "alerts"
@@ -54,7 +54,7 @@ def alerts() -> list[dict]:
 
 
 def test_committed_rules_equal_generated():
-    assert not slo.stale(), "regenerate with `python -m pipeline.slo`"
+    assert not slo.stale(), "regenerate with `python -m pipeline.monitoring.slo`"
     assert sorted(p.name for p in ALERTS.glob("*.rules.yml")) == sorted(slo.render())
 
 

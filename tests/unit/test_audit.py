@@ -1,4 +1,4 @@
-"""pipeline/audit.py and the TTL reading of pipeline/migrations.py, on facts shaped like the live ones:
+"""pipeline/ops/audit.py and the TTL reading of pipeline/schema/migrations.py, on facts shaped like the live ones:
 a fresh deployment passes; a longer TTL, a missing TTL, an old row, an unset / infinite / too long topic
 retention (dead letters included) each fail with the object named; drift is reported but fails only
 in strict mode."""
@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 
-from pipeline import audit, migrations
-from pipeline.audit import DRIFT, OK, VIOLATION
-from pipeline.policy import DAY_MS, load_policy
-from pipeline.settings import Settings
-from pipeline.topics import topic_specs
+from pipeline.config.policy import DAY_MS, load_policy
+from pipeline.config.settings import Settings
+from pipeline.ops import audit
+from pipeline.ops.audit import DRIFT, OK, VIOLATION
+from pipeline.schema import migrations
+from pipeline.schema.topics import topic_specs
 
 POLICY = load_policy()
 SPECS = topic_specs(Settings(), POLICY)
@@ -183,7 +184,7 @@ def test_human_durations(seconds: float | None, text: str) -> None:
     assert audit.human(seconds) == text
 
 
-# -- TTL reading (pipeline/migrations.py) -------------------------------------------------------------
+# -- TTL reading (pipeline/schema/migrations.py) -------------------------------------------------------------
 
 
 def test_ttl_clause_from_templates_and_engine_full() -> None:

@@ -13,8 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline import erasure, migrations, registry
-from pipeline.policy import POLICY_FILE, load_policy
+from pipeline.config.policy import POLICY_FILE, load_policy
+from pipeline.ops import erasure, registry
+from pipeline.schema import migrations
 
 POLICY = load_policy()
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)

@@ -12,15 +12,15 @@ from typing import Any
 import msgspec
 import pytest
 
-from pipeline.bench import procstat, report, status
-from pipeline.bench.freshness import delta, histogram_quantile
-from pipeline.bench.harness import cpu_calibration_ms
-from pipeline.bench.options import add_arguments, options
-from pipeline.bench.rowwise import problem, split_records
-from pipeline.bench.speed import SpeedProbe, slowdown
-from pipeline.bench.verify import compare
-from pipeline.bench.workload import TIME_PLACEHOLDER, Expected, messages, stamp, templates, workload
-from pipeline.records import RequestLog
+from pipeline.dev.bench import procstat, report, status
+from pipeline.dev.bench.freshness import delta, histogram_quantile
+from pipeline.dev.bench.harness import cpu_calibration_ms
+from pipeline.dev.bench.options import add_arguments, options
+from pipeline.dev.bench.rowwise import problem, split_records
+from pipeline.dev.bench.speed import SpeedProbe, slowdown
+from pipeline.dev.bench.verify import compare
+from pipeline.dev.bench.workload import TIME_PLACEHOLDER, Expected, messages, stamp, templates, workload
+from pipeline.ingest.records import RequestLog
 
 END_MS = 1_795_000_000_000
 
@@ -293,20 +293,20 @@ def test_options_expand_limit_and_reject_bad_input() -> None:
 
 
 def test_profile_shares_count_stacks_through_metrics_and_logging() -> None:
-    from pipeline.bench.profile import analyse
+    from pipeline.dev.bench.profile import analyse
 
     site = "/venv/lib/python3.11/site-packages"
-    flush = "run (/repo/pipeline/source.py);flush (/repo/pipeline/processor.py)"
+    flush = "run (/repo/pipeline/worker/consumer.py);flush (/repo/pipeline/ingest/admission.py)"
     collapsed = "\n".join([
         f"{flush};inc ({site}/prometheus_client/metrics.py) 3",
         f"{flush};insert ({site}/clickhouse_connect/c.py) 5",
-        "run (/repo/pipeline/source.py);warning (/usr/lib/python3.11/logging/__init__.py) 2",
+        "run (/repo/pipeline/worker/consumer.py);warning (/usr/lib/python3.11/logging/__init__.py) 2",
         "not a sample line",
     ])
     p = analyse(collapsed)
     assert (p.samples, p.metrics_share, p.logging_share) == (10, 0.3, 0.2)
     assert p.top_self[0] == ("insert (clickhouse_connect/c.py)", 0.5)
-    assert p.top_pipeline == [("flush (pipeline/processor.py)", 0.8)]  # the root under every stack left out
+    assert p.top_pipeline == [("flush (pipeline/ingest/admission.py)", 0.8)]  # the root under every stack left out
     assert analyse("").note == "no samples"
     # of the worker's CPU: 3 samples at 250 Hz = 12 ms of metrics in 0.6 CPU-s = 2%; 2 of logging = 1.33%
     p.of_cpu(0.6)
@@ -323,7 +323,7 @@ def test_profile_shares_count_stacks_through_metrics_and_logging() -> None:
 def test_render_recomputes_the_derived_parts_of_a_results_file(tmp_path: Path) -> None:
     import json
 
-    from pipeline.bench.harness import rerender
+    from pipeline.dev.bench.harness import rerender
 
     doc = results_doc(70_000.0, 20_000.0)
     path = tmp_path / "latest.json"

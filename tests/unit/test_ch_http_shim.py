@@ -16,7 +16,7 @@ import lz4.frame
 import pytest
 from clickhouse_connect.driver._backend.httpcommon import embed_insert_query
 
-from pipeline.engine_server import SqlGuard, host_of, is_loopback, load_or_create_token
+from pipeline.dev.engine import SqlGuard, host_of, is_loopback, load_or_create_token
 from tests.support.ch_http_shim import EngineError, Fault, FaultBook, decode_body, parse_statement
 
 ARROW = b"ARROW1\x00\x00\n\xff binary \x00 with newlines\n"

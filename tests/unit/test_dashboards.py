@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import dashboards as d
-from pipeline.metrics import Metrics
+from pipeline.monitoring import dashboards as d
+from pipeline.monitoring.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 PROVISIONING = ROOT / "grafana" / "provisioning"
@@ -60,7 +60,7 @@ def series_in(expr: str) -> set[str]:
 
 def test_committed_json_equals_generated():
     stale = d.stale()
-    assert not stale, f"regenerate with `python -m pipeline.dashboards`: {stale}"
+    assert not stale, f"regenerate with `python -m pipeline.monitoring.dashboards`: {stale}"
 
 
 def test_four_dashboards_with_sane_layout(models):
@@ -222,7 +222,7 @@ def test_promql_expansion():
 @pytest.fixture(scope="module")
 def chdb(tmp_path_factory):
     clickhouse_connect = pytest.importorskip("clickhouse_connect")
-    from pipeline import migrations
+    from pipeline.schema import migrations
 
     path = tmp_path_factory.mktemp(f"chdb-dash-{uuid.uuid4().hex[:8]}")
     client = clickhouse_connect.get_client(dsn=f"chdb://{path}")

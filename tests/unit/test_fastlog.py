@@ -1,4 +1,4 @@
-"""The native request-log decoder (pipeline/_fastlog.c) against msgspec, the reference.
+"""The native request-log decoder (pipeline/ingest/_fastlog.c) against msgspec, the reference.
 
 Whatever the native decoder takes, msgspec's hot-path decoder (``LooseRequestLog``) must take too, as
 the same records with the same values; whatever it does not take, it must leave no trace of. And it
@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import fastlog
-from pipeline.decode import Decoder
-from pipeline.records import LooseRequestLog
+from pipeline.ingest import fastlog
+from pipeline.ingest.decode import Decoder
+from pipeline.ingest.records import LooseRequestLog
 
 pytestmark = pytest.mark.skipif(not fastlog.available and not os.environ.get("CI"),
                                 reason="the native decoder is not built here (no C compiler)")
@@ -189,7 +189,7 @@ IPV4ISH = st.one_of(
 def test_native_minimisation_equals_privacy_where_it_applies(mode: str, ip: str) -> None:
     """A dotted-quad IPv4 address in prefix/drop mode is minimised natively, to exactly what
     ``privacy.minimiser`` gives; anything else is left to it (flagged not done)."""
-    from pipeline.privacy import minimiser
+    from pipeline.ingest.privacy import minimiser
 
     native = fastlog.ColumnDecoder(mode)
     assert native.add(frame([good(0, client_ip=ip)], "array")) == 1
@@ -217,7 +217,7 @@ def test_native_minimisation_takes_the_common_case() -> None:
 # there, makes the C code refuse every message that uses it, and the worker quietly runs on the slow
 # path. So the tables are read out of the source and held to the struct; the mutations below prove the
 # comparison notices.
-SOURCE = (Path(__file__).parents[2] / "pipeline" / "_fastlog.c").read_text()
+SOURCE = (Path(__file__).parents[2] / "pipeline" / "ingest" / "_fastlog.c").read_text()
 
 
 def _c_array(source: str, name: str) -> list[str]:

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from pipeline import embedded
+from pipeline.dev import embedded
 
 
 def test_ports_are_below_the_ephemeral_range_bindable_and_not_repeated() -> None:

@@ -1,4 +1,4 @@
-"""The native request-log parser (pipeline/_fastlog.c) under libFuzzer with ASan and UBSan, ~20 s.
+"""The native request-log parser (pipeline/ingest/_fastlog.c) under libFuzzer with ASan and UBSan, ~20 s.
 
 Kafka message bytes are untrusted and the parser reads them in C: a short coverage-guided run on every
 test command, from seeds of valid messages (tests/fuzz/corpus/fastlog), catches an out-of-bounds read,

@@ -21,14 +21,14 @@ import jsonschema
 import pytest
 import yaml
 
-from pipeline.policy import load_policy
-from pipeline.settings import SECRET_FIELDS, Settings
+from pipeline.config.policy import load_policy
+from pipeline.config.settings import SECRET_FIELDS, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 OVERLAYS = ("dev", "prod")
 K8S_VERSION = "1.30.0"  # oldest Kubernetes the manifests target (docs/deploy.md)
-# Env vars the manifests set that pipeline/settings.py does not read yet (see docs/deploy.md).
+# Env vars the manifests set that pipeline/config/settings.py does not read yet (see docs/deploy.md).
 PENDING_SETTINGS: set[str] = set()
 
 

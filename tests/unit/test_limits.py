@@ -1,4 +1,4 @@
-"""pipeline/limits.py: counting records without decoding them, cutting dead letters, one letter for a
+"""pipeline/ingest/limits.py: counting records without decoding them, cutting dead letters, one letter for a
 message of many invalid records, permanent Kafka refusals; and the processor's bounds on hostile
 messages (by reference above a limit, a prefix per call)."""
 
@@ -14,12 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from pipeline import limits
-from pipeline.batch import DeadLetter, Origin
-from pipeline.metrics import Metrics
-from pipeline.policy import load_policy
-from pipeline.processor import Processor
-from pipeline.settings import Settings
+from pipeline.config.policy import load_policy
+from pipeline.config.settings import Settings
+from pipeline.ingest import limits
+from pipeline.ingest.admission import Processor
+from pipeline.ingest.buffer import DeadLetter, Origin
+from pipeline.monitoring.metrics import Metrics
 from tests.support.kafka_io import FakeMessage
 from tests.support.memory_store import MemoryStore, RecordingDeadLetters
 

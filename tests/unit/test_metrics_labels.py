@@ -1,4 +1,4 @@
-"""The bounded ``app`` label (pipeline/metrics.py ``AppLabeler``): sdk_app_id comes from untrusted
+"""The bounded ``app`` label (pipeline/monitoring/metrics.py ``AppLabeler``): sdk_app_id comes from untrusted
 messages, so forged ids must not be able to take the labels of real apps, and the label set must stay
 bounded however many ids arrive."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from pipeline.aggregate import Summary, summarize
-from pipeline.metrics import LATENCY_BUCKETS_S, OTHER, AppLabeler, Metrics
+from pipeline.monitoring.metrics import LATENCY_BUCKETS_S, OTHER, AppLabeler, Metrics
+from pipeline.monitoring.sli import Summary, summarize
 
 
 def batch(app: int) -> Summary:

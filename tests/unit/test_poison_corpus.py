@@ -19,12 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.decode import REASONS, WHOLE_MESSAGE, Decoder
-from pipeline.metrics import Metrics
-from pipeline.policy import load_policy
-from pipeline.processor import Processor
-from pipeline.records import MonitoringSample, RequestLog
-from pipeline.settings import Settings
+from pipeline.config.policy import load_policy
+from pipeline.config.settings import Settings
+from pipeline.ingest.admission import Processor
+from pipeline.ingest.decode import REASONS, WHOLE_MESSAGE, Decoder
+from pipeline.ingest.records import MonitoringSample, RequestLog
+from pipeline.monitoring.metrics import Metrics
 from tests.support import poison
 from tests.support.kafka_io import FakeMessage
 from tests.support.memory_store import MemoryStore, RecordingDeadLetters
@@ -172,7 +172,7 @@ def test_hand_written_nasties_meet_their_documented_fate() -> None:
 
 @pytest.mark.parametrize("ip", poison.NOT_IPS)
 def test_an_ip_that_is_not_an_ip_is_invalid_ip_never_an_exception(ip: str) -> None:
-    from pipeline.privacy import minimiser
+    from pipeline.ingest.privacy import minimiser
 
     for mode in ("prefix", "hash", "drop"):
         assert minimiser(mode, "k" * 16)(ip) is None, (mode, ip)

@@ -8,10 +8,10 @@ import re
 
 import pytest
 
-from pipeline.migrations import render
-from pipeline.policy import DAY_MS, Policy, load_policy
-from pipeline.settings import Settings
-from pipeline.topics import topic_specs
+from pipeline.config.policy import DAY_MS, Policy, load_policy
+from pipeline.config.settings import Settings
+from pipeline.schema.migrations import render
+from pipeline.schema.topics import topic_specs
 
 EXPECTED_DAYS = {"request_logs": 7, "dead_letters": 7, "interface_stats_1m": 2, "monitoring_samples": 2,
                  "applications": 60}

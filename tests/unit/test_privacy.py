@@ -1,4 +1,4 @@
-"""pipeline/privacy.py: prefix /24 and /48 (IPv4-mapped IPv6 as IPv4), keyed hash, drop; garbage gives
+"""pipeline/ingest/privacy.py: prefix /24 and /48 (IPv4-mapped IPv6 as IPv4), keyed hash, drop; garbage gives
 None and nothing ever raises or echoes the input; exception causes lose every address and e-mail."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from pipeline import privacy
+from pipeline.ingest import privacy
 
 FAST = settings(max_examples=200, deadline=None)
 KEY_A = "a" * 16

@@ -1,4 +1,4 @@
-"""pipeline/processor.py with an in-memory store: the columnar hot path gives exactly what a per-record
+"""pipeline/ingest/admission.py with an in-memory store: the columnar hot path gives exactly what a per-record
 reference gives (stored rows + dead letters = every record, once), and a ClickHouse "bad data" error
 isolates the offending rows by splitting the insert, resumably; a buffer is written early only when
 the stream pauses."""
@@ -14,14 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from pipeline.decode import Decoder
-from pipeline.metrics import Metrics
-from pipeline.policy import load_policy
-from pipeline.processor import Processor
-from pipeline.records import RequestLog
-from pipeline.settings import Settings
+from pipeline.config.policy import load_policy
+from pipeline.config.settings import Settings
+from pipeline.ingest.admission import Processor
+from pipeline.ingest.decode import Decoder
+from pipeline.ingest.records import RequestLog
+from pipeline.monitoring.metrics import Metrics
 from pipeline.sinks.clickhouse import InsertError
-from pipeline.source import PauseDetector
+from pipeline.worker.consumer import PauseDetector
 from tests.support.kafka_io import FakeMessage
 from tests.support.memory_store import MemoryStore, RecordingDeadLetters
 
@@ -211,7 +211,7 @@ def test_lost_acknowledgements_neither_double_rows_nor_aggregates() -> None:
 def test_event_time_rule_matches_the_ttl(now: int, age: int, unit: int, days: int) -> None:
     """A record is dead-lettered as too old exactly when its row would already be past the table's
     TTL (``trunc(t, unit) + retention <= now``): nothing is stored only to vanish at the next merge."""
-    from pipeline.decode import time_reason
+    from pipeline.ingest.decode import time_reason
 
     t = now - age
     expired = (t // unit * unit) + days * 86_400_000 <= now

@@ -1,4 +1,4 @@
-"""pipeline/queries.py: parameters are validated and typed (errors name the parameter), injection attempts
+"""pipeline/ops/queries.py: parameters are validated and typed (errors name the parameter), injection attempts
 fail to parse, every named query's SQL uses only bound parameters besides {db}, and on a seeded
 embedded store each query finds the incident it is designed to find (app, interface, cause, region),
 with app names from the registry and the sdk_app_id as fallback.
@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.queries import QUERIES, QueryError, parse_params, parse_time
+from pipeline.ops.queries import QUERIES, QueryError, parse_params, parse_time
 
 NAMES = sorted(QUERIES)
 RANGED = sorted(n for n, q in QUERIES.items() if q.ranged)
@@ -212,7 +212,8 @@ CHILD = textwrap.dedent("""
     import json, sys
     from datetime import datetime
     import clickhouse_connect
-    from pipeline import migrations, queries
+    from pipeline.schema import migrations
+    from pipeline.ops import queries
     spec = json.load(sys.stdin)
     client = clickhouse_connect.get_client(dsn="chdb://" + spec["store"])
     migrations.apply(client, "imtel")

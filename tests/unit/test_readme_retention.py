@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.migrations import desired_ttls
-from pipeline.policy import DAY_MS, load_policy
-from pipeline.settings import Settings
-from pipeline.topics import topic_specs
+from pipeline.config.policy import DAY_MS, load_policy
+from pipeline.config.settings import Settings
+from pipeline.schema.migrations import desired_ttls
+from pipeline.schema.topics import topic_specs
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 POLICY = load_policy()

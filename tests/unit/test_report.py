@@ -1,4 +1,4 @@
-"""pipeline/report.py and pipeline/charts.py: the incident-review report is one self-contained HTML file
+"""pipeline/ops/report.py and pipeline/ops/charts.py: the incident-review report is one self-contained HTML file
 (no script, no external resource, a CSP that forbids both), escapes everything that comes from data,
 asks every query with parameters the query accepts and one absolute range, and renders in real headless
 Chromium with its charts laid out and no console error (the checker itself is shown to catch console
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pipeline import charts, queries, report
+from pipeline.ops import charts, queries, report
 
 from ..chromium import CHROMIUM, MEASURE_REPORT, open_page
 

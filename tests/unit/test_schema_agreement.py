@@ -1,4 +1,4 @@
-"""The typed decoder (msgspec structs in ``pipeline/records.py``) accepts exactly what the JSON Schemas in
+"""The typed decoder (msgspec structs in ``pipeline/ingest/records.py``) accepts exactly what the JSON Schemas in
 ``schemas/`` accept, and the batch framing of ``Decoder.decode`` turns every kind of bad input into
 rejects with a reason from ``REASONS`` - never an exception, never the offending value in ``detail``.
 
@@ -8,10 +8,10 @@ Known, documented differences that the generators below deliberately avoid:
   fields never get integral floats (``float.is_integer()``) - they would fail the agreement for a reason
   the records module documents.
 * ``client_ip`` is a plain string (<= 64 chars) for msgspec; IP syntax is checked later by
-  ``pipeline.privacy`` (``None`` -> reason ``invalid_ip``). The agreement is therefore checked against a
+  ``pipeline.ingest.privacy`` (``None`` -> reason ``invalid_ip``). The agreement is therefore checked against a
   copy of the schema without the ``anyOf`` ipv4/ipv6 format, and the IP check is compared with the
   schema's formats separately.
-* ``failures <= requests`` of a MonitoringSample is enforced in ``pipeline/processor.py``, not here.
+* ``failures <= requests`` of a MonitoringSample is enforced in ``pipeline/ingest/admission.py``, not here.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, ValidationError, validators
 
-from pipeline import privacy
-from pipeline.decode import REASONS, WHOLE_MESSAGE, Decoder
-from pipeline.records import MonitoringSample, RequestLog
+from pipeline.ingest import privacy
+from pipeline.ingest.decode import REASONS, WHOLE_MESSAGE, Decoder
+from pipeline.ingest.records import MonitoringSample, RequestLog
 
 ROOT = Path(__file__).resolve().parents[2]
 FC = Draft202012Validator.FORMAT_CHECKER
@@ -283,7 +283,7 @@ def test_interface_trailing_newline_rejected() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# IP syntax: pipeline.privacy vs the schema's anyOf ipv4/ipv6 formats
+# IP syntax: pipeline.ingest.privacy vs the schema's anyOf ipv4/ipv6 formats
 # ---------------------------------------------------------------------------------------------------
 
 

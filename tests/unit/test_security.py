@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from pipeline import cli, queries, report
-from pipeline.settings import Settings, SettingsError, redact_dsn
+from pipeline import cli
+from pipeline.config.settings import Settings, SettingsError, redact_dsn
+from pipeline.ops import queries, report
 from tests.support.ipscan import Scanner, renderings
 
 SECRET = "pw-Zq8!secret-value"
@@ -238,13 +239,13 @@ def test_scanner_ignores_values_that_are_not_addresses() -> None:
     assert ipaddress.ip_address("203.0.113.7") in scanner.targets
 
 
-# --- the worker's web port (pipeline/app.py: web_guard) -------------------------------------------------
+# --- the worker's web port (pipeline/worker/app.py: web_guard) -------------------------------------------------
 
 TOKEN = "t" * 43
 
 
 def _refusal(path: str, **headers: str) -> int | None:
-    from pipeline.app import refusal
+    from pipeline.worker.app import refusal
 
     refused = refusal(path, {"Host": "127.0.0.1:6066", **headers}, TOKEN, frozenset({"imtel.internal"}))
     return None if refused is None else refused[0]
@@ -281,7 +282,7 @@ def test_data_paths_need_the_token_a_local_host_and_no_page(path: str) -> None:
 def test_the_generated_token_is_per_run_and_private(tmp_path: Path) -> None:
     import stat
 
-    from pipeline.app import web_token
+    from pipeline.worker.app import web_token
 
     s = Settings.from_env({}, data_dir=str(tmp_path / "data"))
     first, second = web_token(s), web_token(s)

@@ -1,4 +1,4 @@
-"""pipeline/settings.py: defaults validate; every bad value is a one-line SettingsError naming its IMTEL_
+"""pipeline/config/settings.py: defaults validate; every bad value is a one-line SettingsError naming its IMTEL_
 variable; *_FILE secrets are read; secrets are masked; the ClickHouse URL is normalised. The environment is
 always passed as a dict (os.environ is never touched)."""
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.settings import SECRET_FIELDS, Settings, SettingsError
+from pipeline.config.settings import SECRET_FIELDS, Settings, SettingsError
 
 
 def test_defaults_validate() -> None:
@@ -156,7 +156,7 @@ def test_clickhouse_url_absolute_chdb_unchanged() -> None:
     ("SASL_PLAINTEXT", "SASLCredentials", False), ("SASL_SSL", "SASLCredentials", True)])
 def test_faust_gets_the_same_kafka_security_as_the_confluent_clients(protocol: str, kind: str | None,
                                                                      tls: bool) -> None:
-    from pipeline.app import broker_credentials
+    from pipeline.worker.app import broker_credentials
 
     s = Settings.from_env({"IMTEL_KAFKA_SECURITY_PROTOCOL": protocol, "IMTEL_KAFKA_SASL_USERNAME": "u",
                            "IMTEL_KAFKA_SASL_PASSWORD": "p"})

@@ -1,0 +1,89 @@
+"""The native request-log decoder (``_fastlog.c``) seen from Python: its buffers as Arrow columns.
+
+The hot path hands every request-log message to ``ColumnDecoder.add`` first. The native code takes
+the common case (valid records, strings without escapes, integers) straight into column buffers, with
+no Python object per record; a message it does not take (returns -1) goes through the msgspec
+decoder as before, so every rule and every dead-letter reason stays where it was. Rows of a taken
+message that a per-batch rule refuses (the ``interface`` pattern, the event-time window, an invalid
+IP) are not judged here either: the processor sends their whole message back through msgspec.
+
+When the extension is not built (no C compiler where the package was installed), ``available`` is
+False and the msgspec path does everything, only slower.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+try:
+    from pipeline.ingest._fastlog import LogColumns
+except ImportError:  # pragma: no cover - depends on the install, see ``available``
+    LogColumns = None
+
+available = LogColumns is not None
+STRING_COLUMNS = ("interface", "client_ip", "region", "platform", "request_id", "exception")
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """Request logs of many messages, column by column (row order = order of ``add``)."""
+
+    request_time: np.ndarray  # int64 epoch ms
+    sdk_app_id: pa.Array
+    latency_ms: pa.Array
+    error_code: pa.Array
+    interface: pa.Array
+    client_ip: pa.Array
+    region: pa.Array
+    platform: pa.Array
+    request_id: pa.Array
+    exception: pa.Array  # "" where the record had none (as the msgspec path stores it)
+    client_net: pa.Array  # the minimised address where ``net_done``, else ""
+    net_done: np.ndarray  # bool: a dotted-quad IPv4 address minimised natively (prefix / drop mode)
+
+    def __len__(self) -> int:
+        return len(self.request_time)
+
+    def filter(self, mask: np.ndarray) -> Columns:
+        """The rows where ``mask`` is true."""
+        keep = pa.array(mask)
+        return Columns(request_time=self.request_time[mask], net_done=self.net_done[mask],
+                       **{f: getattr(self, f).filter(keep) for f in _ARROW_FIELDS})
+
+
+_ARROW_FIELDS = ("sdk_app_id", "latency_ms", "error_code", *STRING_COLUMNS, "client_net")
+
+
+class ColumnDecoder:
+    """Appends request-log messages as columns; ``take`` returns and clears what was appended.
+
+    One owner: the processor, on the event loop's thread. ``add`` lets go of the GIL while it parses
+    a batch, so two threads sharing one decoder would interleave its buffers."""
+
+    def __init__(self, pii_mode: str = "") -> None:
+        """``pii_mode`` (``prefix``/``drop``): minimise dotted-quad IPv4 addresses on the way, the
+        same text ``privacy.prefix``/``drop`` give; other modes leave ``client_net`` to the caller."""
+        if LogColumns is None:
+            raise RuntimeError("the native request-log decoder is not built")
+        self._native = LogColumns(pii_mode)
+        self.add = self._native.add  # add(message: bytes) -> records appended, or -1 (none: not taken)
+
+    @property
+    def rows(self) -> int:
+        return int(self._native.rows)
+
+    def take(self) -> Columns:
+        rows, times, apps, latencies, codes, strings, (net_offsets, net_data, net_done) = self._native.take()
+        texts = {name: _text(rows, offsets, data) for name, (offsets, data) in zip(STRING_COLUMNS, strings,
+                                                                                 strict=True)}
+        return Columns(request_time=np.frombuffer(times, np.int64), sdk_app_id=pa.array(np.frombuffer(apps, np.uint32)),
+                       latency_ms=pa.array(np.frombuffer(latencies, np.uint32)),
+                       error_code=pa.array(np.frombuffer(codes, np.int32)), **texts,
+                       client_net=_text(rows, net_offsets, net_data), net_done=np.frombuffer(net_done, np.bool_))
+
+
+def _text(rows: int, offsets: bytes, data: bytes) -> pa.Array:
+    return pa.Array.from_buffers(pa.string(), rows, [None, pa.py_buffer(offsets), pa.py_buffer(data)])

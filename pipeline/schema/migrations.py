@@ -1,0 +1,247 @@
+"""Versioned, idempotent ClickHouse migrations rendered from ``schemas/clickhouse/*.sql``.
+
+Each file is a template: ``{db}``, ``{on_cluster}``, engine placeholders and the retention days of
+the policy file. The same templates give the single-node schema (default) and the cluster schema
+(``ON CLUSTER`` + Replicated engines), so both always carry the same columns and TTLs.
+Applied versions are recorded in ``schema_migrations``; re-running applies only what is new.
+
+Policy changes: the TTL days are rendered into the templates, so an applied ``CREATE TABLE IF NOT
+EXISTS`` cannot follow a changed policy. ``reconcile_ttls`` (run by every ``apply``) compares each
+table's TTL in ``system.tables`` with the rendered template and runs ``ALTER TABLE ... MODIFY TTL``
+where they differ, with ``materialize_ttl_after_modify = 0``: the new TTL applies to new parts and to
+parts rewritten by merges, and no mutation rewrites every stored partition by surprise. Stored parts
+keep the expiry they were written with until merged or until the operator runs
+``ALTER TABLE ... MATERIALIZE TTL`` (the retention audit reports rows older than the new policy).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.config.policy import SCHEMAS_DIR, Policy, load_policy
+
+MIGRATIONS_DIR = SCHEMAS_DIR / "clickhouse"
+_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+_CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_CREATE = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+)\.(\w+)\s", re.IGNORECASE)
+# Interval terms of a TTL expression, as written in templates (INTERVAL 7 DAY) and as ClickHouse
+# shows them in system.tables (toIntervalDay(7)). Months/quarters/years count at their longest.
+_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86_400, "week": 604_800,
+                 "month": 31 * 86_400, "quarter": 92 * 86_400, "year": 366 * 86_400}
+_INTERVAL = re.compile(
+    r"\s*\+\s*(?:toInterval(?P<fn_unit>Second|Minute|Hour|Day|Week|Month|Quarter|Year)\(\s*(?P<fn_n>\d+)\s*\)"
+    r"|INTERVAL\s+'?(?P<kw_n>\d+)\s*(?P<kw_unit>SECOND|MINUTE|HOUR|DAY|WEEK|MONTH|QUARTER|YEAR)S?'?)",
+    re.IGNORECASE)
+_ACTION = re.compile(r"\s(DELETE|TO\s+DISK|TO\s+VOLUME|RECOMPRESS|WHERE|GROUP\s+BY|SET)\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One rendered migration file."""
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+    checksum: str
+
+
+def check_cluster_name(cluster: str) -> str:
+    """A cluster name goes into SQL text (``ON CLUSTER '...'``): only plain names are accepted."""
+    if cluster and not _CLUSTER_NAME.match(cluster):
+        raise ValueError(f"cluster name {cluster!r} is not a plain name (letters, digits, _ . -)")
+    return cluster
+
+
+def engines(cluster: str) -> dict[str, str]:
+    """Engine clauses for single-node or replicated (Keeper paths per shard) tables."""
+    check_cluster_name(cluster)
+    if not cluster:
+        return {"on_cluster": "", "engine_mergetree": "MergeTree",
+                "engine_aggregating": "AggregatingMergeTree",
+                "engine_replacing": "ReplacingMergeTree(updated_at)"}
+    path = "'/clickhouse/tables/{shard}/{database}/{table}', '{replica}'"
+    return {"on_cluster": f"ON CLUSTER '{cluster}'",
+            "engine_mergetree": f"ReplicatedMergeTree({path})",
+            "engine_aggregating": f"ReplicatedAggregatingMergeTree({path})",
+            "engine_replacing": f"ReplicatedReplacingMergeTree({path}, updated_at)"}
+
+
+def data_table(database: str, table: str, cluster: str = "") -> str:
+    """Where the rows of ``table`` live, for ``ALTER ... DELETE`` and ``OPTIMIZE``: the table itself
+    on a single node; the replicated local table ``ON CLUSTER`` in the cluster form (a Distributed
+    table stores nothing, see ``cluster_schema``)."""
+    if not cluster:
+        return f"{database}.{table}"
+    from pipeline.schema.cluster import local_database  # cluster_schema imports this module
+
+    return f"{local_database(database)}.{table} {engines(cluster)['on_cluster']}"
+
+
+def split_statements(sql: str) -> list[str]:
+    """Split on ``;`` at line ends, dropping comment-only chunks."""
+    out = []
+    for chunk in re.split(r";\s*(?:\n|$)", sql):
+        body = "\n".join(line for line in chunk.splitlines() if not line.strip().startswith("--")).strip()
+        if body:
+            out.append(body)
+    return out
+
+
+def render(database: str, cluster: str = "", policy: Policy | None = None) -> list[Migration]:
+    """All migrations, rendered for a database (and cluster), in version order."""
+    policy = policy or load_policy()
+    values: dict[str, Any] = {"db": database, **engines(cluster), **policy.template_values()}
+    out = []
+    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        match = _NAME.match(path.name)
+        if not match:
+            continue
+        text = path.read_text().format(**values)
+        out.append(Migration(int(match.group(1)), match.group(2), tuple(split_statements(text)),
+                             hashlib.sha256(text.encode()).hexdigest()[:16]))
+    return out
+
+
+def apply(client: Any, database: str, cluster: str = "", policy: Policy | None = None) -> list[str]:
+    """Create the database, apply pending migrations and reconcile TTLs with the policy.
+
+    Returns what changed now: migration names (``006_erasure_log``) and TTL changes (``ttl ...``)."""
+    on_cluster = engines(cluster)["on_cluster"]
+    client.command(f"CREATE DATABASE IF NOT EXISTS {database} {on_cluster}")
+    client.command(
+        f"CREATE TABLE IF NOT EXISTS {database}.schema_migrations {on_cluster} "
+        "(version UInt32, name String, checksum String, applied_at DateTime DEFAULT now()) "
+        f"ENGINE = {engines(cluster)['engine_replacing'].replace('updated_at', 'applied_at')} ORDER BY version"
+    )
+    done = {row[0] for row in client.query(f"SELECT version FROM {database}.schema_migrations").result_rows}
+    applied = []
+    for migration in render(database, cluster, policy):
+        if migration.version in done:
+            continue
+        for statement in migration.statements:
+            client.command(statement)
+        client.insert(f"{database}.schema_migrations", [[migration.version, migration.name, migration.checksum]],
+                      column_names=["version", "name", "checksum"])
+        applied.append(f"{migration.version:03d}_{migration.name}")
+    return applied + reconcile_ttls(client, database, cluster, policy)
+
+
+# -- TTL reconciliation --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TtlRule:
+    """One rule of a TTL clause, reduced to what retention depends on."""
+
+    base: str  # the expression without its interval terms, whitespace removed
+    seconds: int  # sum of its interval terms: the rule fires this long after ``base`` (upper bound)
+    unconditional_delete: bool  # plain DELETE: no WHERE/GROUP BY, not a move or recompression
+    text: str
+
+
+def _mask(text: str) -> str:
+    """``text`` with everything inside parentheses or quotes replaced by ``_`` (same length), so that
+    keywords and commas found in the mask are top-level ones of the original."""
+    out, depth, quote = [], 0, ""
+    for ch in text:
+        if quote:
+            out.append("_")
+            if ch == quote:
+                quote = ""
+            continue
+        if ch in "'`\"":
+            quote = ch
+            out.append("_")
+        elif ch == "(":
+            depth += 1
+            out.append("_")
+        elif ch == ")":
+            depth = max(depth - 1, 0)
+            out.append("_")
+        else:
+            out.append("_" if depth else ch)
+    return "".join(out)
+
+
+def ttl_clause(sql: str) -> str | None:
+    """The table TTL clause of a CREATE statement or of ``system.tables.engine_full`` (None: no TTL)."""
+    masked = _mask(sql)
+    start = re.search(r"(?:^|\s)TTL\s", masked)
+    if not start:
+        return None
+    end = re.search(r"\sSETTINGS\s", masked[start.end():])
+    body = sql[start.end(): start.end() + end.start() if end else len(sql)]
+    return body.strip() or None
+
+
+def parse_ttl(clause: str | None) -> list[TtlRule]:
+    """Split a TTL clause into rules and read their intervals (see ``TtlRule``)."""
+    if not clause:
+        return []
+    rules, masked, pos = [], _mask(clause), 0
+    for cut in [m.start() for m in re.finditer(",", masked)] + [len(clause)]:
+        text, mask = clause[pos:cut].strip(), masked[pos:cut].strip()
+        pos = cut + 1
+        action = _ACTION.search(" " + mask)
+        expr = text[: action.start() - 1] if action else text
+        kind = action.group(1).upper() if action else "DELETE"
+        conditional = bool(action and re.search(r"\b(WHERE|GROUP\s+BY)\b", mask, re.IGNORECASE))
+        seconds = 0
+        for m in _INTERVAL.finditer(expr):
+            unit = (m.group("fn_unit") or m.group("kw_unit")).lower()
+            seconds += int(m.group("fn_n") or m.group("kw_n")) * _UNIT_SECONDS[unit]
+        base = re.sub(r"\s+", "", _INTERVAL.sub("", expr))
+        rules.append(TtlRule(base, seconds, kind == "DELETE" and not conditional, text))
+    return rules
+
+
+def guaranteed_seconds(rules: list[TtlRule]) -> int | None:
+    """How long after its base a row is deleted at the latest (None: no unconditional DELETE rule)."""
+    deletes = [r.seconds for r in rules if r.unconditional_delete]
+    return min(deletes) if deletes else None
+
+
+def _meaning(clause: str | None) -> list[tuple[str, int, bool]]:
+    return [(r.base, r.seconds, r.unconditional_delete) for r in parse_ttl(clause)]
+
+
+def same_ttl(a: str | None, b: str | None) -> bool:
+    """Equal retention meaning, whatever the spelling (``INTERVAL 7 DAY`` == ``toIntervalDay(7)``)."""
+    return _meaning(a) == _meaning(b)
+
+
+def desired_ttls(database: str, cluster: str = "", policy: Policy | None = None) -> dict[str, str]:
+    """Table -> TTL clause of its rendered template (the policy's days filled in)."""
+    out = {}
+    for migration in render(database, cluster, policy):
+        for statement in migration.statements:
+            match, clause = _CREATE.match(statement), ttl_clause(statement)
+            if match and clause:
+                out[match.group(2)] = clause
+    return out
+
+
+def actual_ttls(client: Any, database: str) -> dict[str, str | None]:
+    """Table -> TTL clause as the server has it (``system.tables.engine_full``). The database name is
+    a checked identifier (it is part of every statement here), so it is written into the SQL."""
+    if not database.isidentifier():
+        raise ValueError(f"database name {database!r} is not a plain identifier")
+    rows = client.query(f"SELECT name, engine_full FROM system.tables WHERE database = '{database}'").result_rows
+    return {str(name): ttl_clause(str(engine_full)) for name, engine_full in rows}
+
+
+def reconcile_ttls(client: Any, database: str, cluster: str = "", policy: Policy | None = None) -> list[str]:
+    """Bring every table's TTL to the rendered template (``MODIFY TTL``, no materialisation)."""
+    on_cluster = engines(cluster)["on_cluster"]
+    actual = actual_ttls(client, database)
+    changed = []
+    for table, want in desired_ttls(database, cluster, policy).items():
+        if table not in actual or same_ttl(want, actual[table]):
+            continue
+        target = f"{database}.{table} {on_cluster}".rstrip()
+        client.command(f"ALTER TABLE {target} MODIFY TTL {want} SETTINGS materialize_ttl_after_modify = 0")
+        changed.append(f"ttl {table}: {want}")
+    return changed
