@@ -110,9 +110,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     cluster = args.cluster or s.clickhouse_cluster
     policy = _policy(args)
     if cluster:  # replicated local tables + Distributed tables for reads and writes
-        from pipeline.schema import cluster as cluster_schema
-
-        applied = cluster_schema.apply(client, s.clickhouse_database, cluster, policy)
+        applied = migrations.apply_cluster(client, s.clickhouse_database, cluster, policy)
     else:
         applied = migrations.apply(client, s.clickhouse_database, policy=policy)
     print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))

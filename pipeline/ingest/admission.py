@@ -1,12 +1,13 @@
-"""The worker's synchronous core: messages in, buffered rows and dead letters out, flush on demand.
+"""Admission: Kafka messages in, validated and minimised rows (and dead letters) buffered out.
 
-No asyncio and no consumer here, so it is testable with plain objects: the Kafka source (``source.py``)
-feeds it message batches through a faust agent, asks it to flush, and commits the offsets it returns.
+It decodes, applies the per-record rules (schema, interface pattern, event-time window, IP
+minimisation), and fills the ``Buffer`` that the writer (``sinks/writer.py``) later stores. It knows
+nothing of stores or Kafka clients, so it is testable with plain objects; ``worker/processor.py``
+joins it to the writer for the consumer.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Sequence
 from itertools import compress
@@ -23,13 +24,10 @@ from pipeline.config.settings import Settings
 from pipeline.ingest import fastlog, limits
 from pipeline.ingest.buffer import (
     Buffer,
-    DeadLetter,
     Origin,
     columns_batch,
-    dead_letter_table,
     interface_column,
     log_batch,
-    new_batch_id,
     sample_batch,
 )
 from pipeline.ingest.decode import BAD_INPUT, WHOLE_MESSAGE, Decoded, Decoder, Reject, oldest_kept, time_reason
@@ -41,28 +39,19 @@ from pipeline.ingest.records import (
     MonitoringSample,
     RequestLog,
 )
-from pipeline.monitoring import sli
-from pipeline.monitoring.metrics import LATENCY_BUCKETS_S, Metrics
-from pipeline.sinks.clickhouse import LOGS, SAMPLES, ClickHouseStore, InsertError, RawTable
-from pipeline.worker import failpoints
+from pipeline.monitoring.metrics import Metrics
 
-log = logging.getLogger(__name__)
-SLO_EDGES_MS = tuple(edge * 1000 for edge in LATENCY_BUCKETS_S)
 DETAILS = {"too_old": "event time is older than the retention period",
            "in_future": "event time is too far in the future",
            "invalid_ip": "client_ip is not an IPv4 or IPv6 address",
            "inconsistent": "failures exceeds requests"}
-# Rows ClickHouse refuses as bad data go to dead letters, unless so many are refused that the fault
-# is systemic (schema drift, server bug): then the flush is retried instead of dead-lettering a batch.
-MAX_REJECT_RATIO = 0.01
-MIN_REJECT_LIMIT = 16
 # When the stream pauses, a buffer holding this share of ``batch_max_records`` is written without
-# waiting for the timer (see ``Processor.should_flush``).
+# waiting for the timer (see ``Admission.should_flush``).
 IDLE_FLUSH_SHARE = 0.25
 
 
 class Message(Protocol):
-    """The part of ``confluent_kafka.Message`` the processor uses."""
+    """The part of ``confluent_kafka.Message`` admission uses."""
 
     def topic(self) -> str | None: ...
     def partition(self) -> int | None: ...
@@ -71,20 +60,12 @@ class Message(Protocol):
     def value(self) -> bytes | None: ...
 
 
-class DeadLetterSink(Protocol):
-    """Produces dead letters and blocks until Kafka acknowledged or permanently refused each (raises
-    on anything retryable)."""
+class Admission:
+    """Decode, validate, minimise and buffer; hand sealed buffers to the writer."""
 
-    def send(self, letters: Sequence[Any]) -> list[str | None] | None:
-        """None per acknowledged letter, or the name of a permanent refusal (None: all acknowledged)."""
-
-
-class Processor:
-    """Decode, validate, minimise and buffer; flush raw rows, aggregates and dead letters."""
-
-    def __init__(self, settings: Settings, store: ClickHouseStore, dead_letters: DeadLetterSink,
-                 metrics: Metrics, policy: Policy, clock: Callable[[], float] = time.time) -> None:
-        self.settings, self.store, self.dlq, self.metrics, self.clock = settings, store, dead_letters, metrics, clock
+    def __init__(self, settings: Settings, metrics: Metrics, policy: Policy,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings, self.metrics, self.clock = settings, metrics, clock
         self.minimise: Minimiser = minimiser(settings.pii_mode, settings.pii_hash_key)
         self.logs_decoder = Decoder(RequestLog)
         self.samples_decoder = Decoder(MonitoringSample)
@@ -102,25 +83,27 @@ class Processor:
         self.topic_ids: dict[str, str] = {}
         self.skip: dict[tuple[str, int], tuple[set[tuple[int, int]], int]] = {}
         self.records_per_message = 1.0  # moving average over consumed batches
-        self.recent: list[tuple[float, sli.Summary]] = []  # (time, summary) for the live view
 
     # -- assignment -------------------------------------------------------------------------------
-    def recover(self, topic: str, partition: int, committed: int) -> int:
-        """Before consuming a partition: learn what was stored past its committed offset.
-        Returns how many stored records will be skipped on replay."""
-        topic_id = self.topic_ids.get(topic, topic)
-        raw = LOGS if topic == self.settings.topic_request_logs else SAMPLES
-        found = self.store.recover(raw, topic_id, partition, committed)
-        dead = self.store.dead_letters_stored(topic_id, partition, committed)
-        keys = found.keys | dead
+    def skip_on_replay(self, topic: str, partition: int, keys: set[tuple[int, int]]) -> None:
+        """Records (offset, index) of a partition that were stored or dead-lettered past its committed
+        offset: they are not buffered again when the partition is read again (see ``Writer.recover``)."""
         if keys:
             self.skip[(topic, partition)] = (keys, max(o for o, _ in keys))
-            log.warning("partition %s/%d: %d records past committed offset %d were already stored; "
-                        "rebuilt %d aggregate minutes, they will be skipped on replay",
-                        topic, partition, len(keys), committed, found.minutes)
         else:
             self.skip.pop((topic, partition), None)
-        return len(keys)
+
+    def forget(self, topic: str, partition: int) -> None:
+        """A partition was revoked: its replay state goes with it."""
+        self.skip.pop((topic, partition), None)
+
+    def topic_id(self, topic: str) -> str:
+        """The topic's id (stored in src_topic_id, so a re-created topic is a new source), else its name."""
+        return self.topic_ids.get(topic, topic)
+
+    def poll_size(self, room: int) -> int:
+        """How many messages the next poll may take so that at most ``room`` records arrive."""
+        return int(room / max(1.0, self.records_per_message))
 
     # -- processing -------------------------------------------------------------------------------
     def process(self, messages: Sequence[Message]) -> int:
@@ -380,153 +363,6 @@ class Processor:
             return None
         self.buffer = Buffer()
         return b
-
-    def flush(self) -> dict[tuple[str, int], int]:
-        """Write the current buffer now (synchronously); it stays current if writing fails."""
-        b = self.buffer
-        offsets = self.write(b)
-        if self.buffer is b:
-            self.buffer = Buffer()
-        return offsets
-
-    def write(self, b: Buffer) -> dict[tuple[str, int], int]:
-        """Write one sealed buffer; returns the offsets that may now be committed.
-
-        Runs on an I/O thread while the next buffer fills: it touches only ``b``, the store (locked),
-        the dead-letter producer and the metrics (both thread-safe).
-        Raises ``InsertError``/``DeadLetterError``: nothing may be committed then. Each step is done
-        once: a retry after a failure resumes at the failed step (the buffer remembers what was
-        acknowledged, down to the row ranges of a split insert), so a retried write never stores a
-        row or a dead letter twice."""
-        b.batch_id = b.batch_id or new_batch_id()
-        self._send_dead(b, b.dead, "dead")
-        if "tables" not in b.done:
-            b.tables = {LOGS.name: b.log_table(b.batch_id), SAMPLES.name: b.sample_table(b.batch_id)}
-            b.logs, b.samples = [], []
-            b.done.add("tables")
-        for raw in (LOGS, SAMPLES):
-            table = b.tables[raw.name]
-            if raw.name not in b.done:
-                failpoints.hit("flush.before_raw")
-                self._insert_raw(b, raw, table)
-                b.done.add(raw.name)
-                failpoints.hit("flush.after_raw")
-            if raw.name + "+agg" not in b.done:
-                self._aggregate(b, raw, table)
-                b.done.add(raw.name + "+agg")
-                failpoints.hit("flush.after_aggregate")
-        self._send_dead(b, b.rejected, "rejected")
-        if "metrics" not in b.done:
-            self._after_write(b.tables[LOGS.name])
-            b.done.add("metrics")
-        return dict(b.next_offsets)
-
-    def _send_dead(self, b: Buffer, letters: list[DeadLetter], step: str) -> None:
-        """Dead letters to Kafka (acknowledged), then to the ledger: each once per flush."""
-        if step in b.done:
-            return
-        if letters:
-            if step + "-sent" not in b.done:
-                # at most ``dead_letters_per_message`` letters per message; the ledger keeps every record
-                plan = limits.plan_letters(letters, self.settings.dead_letters_per_message)
-                refused = self.dlq.send([out.letter for out in plan]) or [None] * len(plan)
-                for out, error in zip(plan, refused, strict=True):
-                    if error is not None:  # permanent: recorded in the ledger with the refusal, never retried
-                        log.error("Kafka refused a dead letter for %s/%d@%d permanently (%s); it is in the ledger "
-                                  "only", out.letter.origin.topic, out.letter.origin.partition,
-                                  out.letter.origin.offset, error)
-                        self.metrics.dead_letters_refused.labels(error).inc()
-                        for x in out.records:
-                            x.detail = f"not on the dead-letter topic: Kafka refused it ({error}); {x.detail}"[:1000]
-                for letter in letters:
-                    self.metrics.records_invalid.labels(letter.origin.topic, letter.reason).inc()
-                self.metrics.dead_letters.labels(self.settings.topic_dead_letters).inc(
-                    sum(1 for error in refused if error is None))
-                b.done.add(step + "-sent")
-            self.store.insert_arrow("dead_letters", dead_letter_table(letters, b.batch_id),
-                                    token=f"{b.batch_id}:dead_letters:{step}")
-            failpoints.hit("flush.after_dead_letters")
-        b.done.add(step)
-
-    def _insert_raw(self, b: Buffer, raw: RawTable, table: pa.Table) -> None:
-        """Insert one raw table. If ClickHouse rejects it as bad data (a permanent error), split it
-        until the offending rows are isolated: the others are stored, those go to dead letters with
-        reason ``insert_rejected`` instead of blocking the partition forever. When most rows are
-        refused the fault is not in the data (e.g. a schema drift): then nothing is dead-lettered and
-        the error is raised as retryable, so the worker pauses, alerts and waits for a fix."""
-        pending = b.pending.setdefault(raw.name, [(0, table.num_rows)] if table.num_rows else [])
-        bad = b.bad_rows.setdefault(raw.name, [])
-        limit = max(MIN_REJECT_LIMIT, int(table.num_rows * MAX_REJECT_RATIO))
-        stored = 0
-        while pending:
-            lo, hi = pending[-1]
-            try:
-                self.store.insert_arrow(raw.name, table.slice(lo, hi - lo), token=f"{b.batch_id}:{raw.name}:{lo}:{hi}")
-            except InsertError as err:
-                if not err.permanent:
-                    raise
-                pending.pop()
-                if hi - lo > 1:
-                    mid = (lo + hi) // 2
-                    pending += [(mid, hi), (lo, mid)]
-                    continue
-                bad.append(lo)
-                if len(bad) > limit or (stored == 0 and len(bad) >= MIN_REJECT_LIMIT):
-                    pending.extend((i, i + 1) for i in bad)
-                    bad.clear()
-                    log.error("ClickHouse refuses most rows of %s (code %s): not dead-lettering them, the cause "
-                              "is likely the schema or the server, not the data; retrying", raw.name, err.code)
-                    raise InsertError(str(err), err.code, permanent=False) from err
-                b.reject_codes[lo] = err.code
-                continue
-            pending.pop()
-            stored += hi - lo
-        if bad:
-            log.warning("ClickHouse rejected %d rows of %s as bad data; they go to dead letters", len(bad), raw.name)
-            b.rejected.extend(self._rejected_row(raw, table, i, b.reject_codes.get(i)) for i in bad)
-            bad.clear()
-
-    def _aggregate(self, b: Buffer, raw: RawTable, table: pa.Table) -> None:
-        """Fold the stored rows of this write into ``interface_stats_1m``. If an earlier attempt
-        failed, it may have been applied with only its answer lost: then the minutes this write
-        touches are rebuilt from the raw rows instead (idempotent), so nothing is counted twice."""
-        step = raw.name + "+agg"
-        if step not in b.attempted:
-            b.attempted.add(step)
-            self.store.aggregate(raw, table.num_rows, b.batch_id)
-            return
-        if table.num_rows == 0:
-            return
-        partitions = table.column("src_partition").to_numpy()
-        minutes = table.column(raw.time_column).cast(pa.int64()).to_numpy() // 60_000 * 60
-        for partition in np.unique(partitions).tolist():
-            self.store.rebuild(raw, int(partition), sorted(set(minutes[partitions == partition].tolist())))
-
-    def _rejected_row(self, raw: RawTable, table: pa.Table, row: int, code: int | None) -> DeadLetter:
-        """A dead letter for one stored-format row ClickHouse refused (its client IP is already
-        minimised, so the payload is the row as it would have been stored)."""
-        values = table.slice(row, 1).to_pylist()[0]
-        topic = self.settings.topic_request_logs if raw is LOGS else self.settings.topic_monitoring_samples
-        origin = Origin(topic, values["src_topic_id"], values["src_partition"], values["src_offset"],
-                        values["src_index"])
-        body = {k: v for k, v in values.items() if not k.startswith(("src_", "ingest_"))}
-        body[raw.time_column] = int(table.column(raw.time_column).cast(pa.int64())[row].as_py())
-        return DeadLetter(origin, "insert_rejected", f"ClickHouse refused the row (code {code})",
-                          msgspec.json.encode(body), str(values["sdk_app_id"]).encode())
-
-    def _after_write(self, logs: Any) -> None:
-        now = self.clock()
-        self.metrics.last_write.set(now)
-        if logs.num_rows == 0:
-            return
-        times = logs.column("request_time").cast("int64").to_numpy()
-        self.metrics.freshness.observe_many((), np.maximum(now - times / 1000.0, 0.0))
-        failed = logs.column("error_code").to_numpy() != 0
-        summary = sli.summarize(logs.column("sdk_app_id").to_numpy(), logs.column("latency_ms").to_numpy(),
-                                      failed, SLO_EDGES_MS)
-        self.metrics.record_slis(summary)
-        self.recent.append((now, summary))
-        self.recent = [(t, s) for t, s in self.recent if now - t <= 30]
 
     def discard(self) -> int:
         """Drop everything buffered (on revocation when it cannot be written): the offsets were not

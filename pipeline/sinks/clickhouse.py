@@ -1,14 +1,9 @@
-"""ClickHouse sink: acknowledged, batched inserts and the exactly-once recovery queries.
+"""The ClickHouse store: acknowledged Arrow inserts, aggregation by the engine, and recovery queries.
 
-Delivery protocol of one flush (the worker commits Kafka offsets only after ``write`` returned):
-1. raw rows -> ``request_logs`` / ``monitoring_samples`` (one Arrow insert each, tagged ingest_batch);
-2. ``interface_stats_1m`` <- aggregated *by the engine* from exactly those stored rows
-   (``INSERT ... SELECT ... WHERE ingest_batch = X``), so aggregates always equal a recomputation;
-3. dead-letter ledger rows (after Kafka acknowledged the dead letters).
-A crash between any two steps leaves rows whose offsets were not committed. On partition assignment
-``recover`` finds them (src_* columns at or past the committed offset), rebuilds that partition's
-aggregate minutes from the raw rows, and returns the keys to skip on replay: nothing is lost,
-nothing doubled.
+Implements ``sinks/protocol.Store`` for ``sinks/writer.py``, which owns the delivery protocol. The
+aggregate of a write is computed *by the engine* from exactly the stored rows
+(``INSERT ... SELECT ... WHERE ingest_batch = X``), so aggregates always equal a recomputation; the
+recovery reads the src_* columns at or past a committed offset.
 
 Errors: ClickHouse codes for bad data (``PERMANENT_CODES``) are permanent -> the rows go to dead
 letters; everything else (connection refused, timeouts, 5xx, too many parts) is transient -> retried
@@ -22,12 +17,12 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
 from pipeline.monitoring.metrics import Metrics
+from pipeline.sinks.protocol import LOGS, SAMPLES, InsertError, RawTable, Recovery
 
 log = logging.getLogger(__name__)
 
@@ -53,26 +48,8 @@ FROM {db}.monitoring_samples WHERE {where}
 GROUP BY minute, sdk_app_id, interface, src_partition"""
 
 
-@dataclass(frozen=True)
-class RawTable:
-    """A raw table, its time column, its aggregate source label and its aggregation SQL."""
-
-    name: str
-    time_column: str
-    source: str
-    aggregate_sql: str
-
-
-LOGS = RawTable("request_logs", "request_time", "log", AGG_LOGS)
-SAMPLES = RawTable("monitoring_samples", "window_start", "sample", AGG_SAMPLES)
-
-
-class InsertError(Exception):
-    """A ClickHouse call failed; ``permanent`` says whether retrying can help."""
-
-    def __init__(self, message: str, code: int | None, permanent: bool) -> None:
-        super().__init__(message)
-        self.code, self.permanent = code, permanent
+# Each raw table's aggregation into interface_stats_1m, by table name.
+AGG_SQL = {LOGS.name: AGG_LOGS, SAMPLES.name: AGG_SAMPLES}
 
 
 _TRANSPORT = ((re.compile(r"Connection refused|ConnectionRefused|NewConnectionError", re.I), "connection refused"),
@@ -96,17 +73,9 @@ def classify(exc: BaseException) -> InsertError:
     return InsertError(first_line, code, code in PERMANENT_CODES)
 
 
-@dataclass
-class Recovery:
-    """What a partition's previous owner stored without committing."""
-
-    keys: set[tuple[int, int]]
-    max_offset: int
-    minutes: int
-
-
 class ClickHouseStore:
-    """One client, serialised by a lock (chDB allows one user of a store; HTTP keeps it simple)."""
+    """The ``Store`` (``sinks/protocol.py``) on ClickHouse: one client, serialised by a lock (chDB
+    allows one user of a store; HTTP keeps it simple)."""
 
     def __init__(self, client: Any, database: str, metrics: Metrics,
                  clock: Callable[[], float] = time.monotonic, insert_settings: dict[str, Any] | None = None) -> None:
@@ -150,7 +119,7 @@ class ClickHouseStore:
     def aggregate(self, raw: RawTable, rows: int, batch_id: int) -> None:
         """Step 2: fold the rows of one stored batch into interface_stats_1m, computed by the engine."""
         if rows:
-            self.command(raw.aggregate_sql.format(db=self.db, where="ingest_batch = {b:UInt64}"),
+            self.command(AGG_SQL[raw.name].format(db=self.db, where="ingest_batch = {b:UInt64}"),
                          {"b": batch_id}, table="interface_stats_1m")
 
     def recover(self, raw: RawTable, topic_id: str, partition: int, committed: int) -> Recovery:
@@ -176,7 +145,7 @@ class ClickHouseStore:
             "SETTINGS mutations_sync = 2", params, table="interface_stats_1m")
         where = (f"src_partition = {{p:UInt16}} AND toUnixTimestamp(toStartOfMinute({raw.time_column})) "
                  "IN {m:Array(UInt32)}")
-        self.command(raw.aggregate_sql.format(db=self.db, where=where), params, table="interface_stats_1m")
+        self.command(AGG_SQL[raw.name].format(db=self.db, where=where), params, table="interface_stats_1m")
         self.metrics.recovered_minutes.inc(len(stamps))
 
     def dead_letters_stored(self, topic_id: str, partition: int, committed: int) -> set[tuple[int, int]]:

@@ -40,15 +40,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.config.policy import Policy, load_policy
 from pipeline.config.settings import Settings
-from pipeline.ingest.admission import Processor
 from pipeline.monitoring.metrics import Metrics
 from pipeline.ops import queries
 from pipeline.ops.registry import ENFORCE_INTERVAL_S
-from pipeline.schema.cluster import INSERT_SETTINGS
+from pipeline.schema.migrations import INSERT_SETTINGS
 from pipeline.sinks.clickhouse import ClickHouseStore, InsertError, classify, connect, connect_reader
 from pipeline.sinks.deadletter import KafkaDeadLetters
 from pipeline.worker import live
 from pipeline.worker.consumer import KafkaBatchSource
+from pipeline.worker.processor import Processor
 
 log = logging.getLogger(__name__)
 

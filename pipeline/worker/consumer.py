@@ -30,12 +30,12 @@ from mode import Service
 
 from pipeline.config.kafka import FETCH_CONFIG, POLL_RECORDS
 from pipeline.config.settings import Settings
-from pipeline.ingest.admission import Processor
 from pipeline.ingest.buffer import Buffer
 from pipeline.monitoring.metrics import Metrics
 from pipeline.sinks.clickhouse import InsertError
 from pipeline.sinks.deadletter import DeadLetterError
 from pipeline.worker import failpoints
+from pipeline.worker.processor import Processor
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class KafkaBatchSource(Service):
                 # Wait long only when idle: consume(n, t) returns early only once n messages are
                 # queued, so a long timeout while data flows would stall every poll. With rows
                 # buffered, an idle wait is the pause threshold, so that a pause is seen that soon.
-                wait = 0.01 if self.last_poll else self.pause.after if len(self.processor.buffer) else 0.2
+                wait = 0.01 if self.last_poll else self.pause.after if self.processor.buffered() else 0.2
                 messages = await self._io(self.consumer.consume, self._poll_size(), wait)
                 self.last_poll = len(messages)
                 if messages:
@@ -214,8 +214,8 @@ class KafkaBatchSource(Service):
         may at most double the last one: the first poll after start-up would otherwise take
         ``consume_max_messages`` batched messages at once (5,000 x 300 records: the worker's peak
         memory, before any flush)."""
-        room = max(1, min(POLL_RECORDS, self.settings.batch_max_records - len(self.processor.buffer)))
-        fit = int(room / max(1.0, self.processor.records_per_message))
+        room = max(1, min(POLL_RECORDS, self.settings.batch_max_records - self.processor.buffered()))
+        fit = self.processor.poll_size(room)
         fit_bytes = int(self.settings.poll_max_bytes / max(1.0, self.bytes_per_message))
         return max(1, min(self.settings.consume_max_messages, fit, fit_bytes, 2 * max(FIRST_POLL, self.last_poll)))
 
@@ -411,7 +411,7 @@ class KafkaBatchSource(Service):
         revoked = {(tp.topic, tp.partition) for tp in partitions}
         kept = [tp for tp in self.assignment if (tp.topic, tp.partition) not in revoked]
         settled = self._settle_flight(consumer)
-        if self.processor.buffer.next_offsets:
+        if self.processor.has_pending():
             try:
                 offsets = self.processor.flush()
                 consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
@@ -427,7 +427,7 @@ class KafkaBatchSource(Service):
         self.assignment = kept
         for key in revoked:
             self.pending_recovery.pop(key, None)
-            self.processor.skip.pop(key, None)
+            self.processor.forget(*key)
         self.ready = bool(kept) and self.ready
         self._update_assigned()
 
@@ -484,7 +484,7 @@ class KafkaBatchSource(Service):
             admin = AdminClient(self.settings.kafka_config())
             futures = admin.describe_topics(TopicCollection(self.topics), request_timeout=10)
             for name, fut in futures.items():
-                self.processor.topic_ids[name] = str(fut.result().topic_id)
+                self.processor.set_topic_id(name, str(fut.result().topic_id))
         except Exception as exc:  # the broker may not support topic ids: fall back to names
             log.warning("could not read topic ids (%s); using topic names as identity", exc)
 

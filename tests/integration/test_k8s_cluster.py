@@ -1,4 +1,4 @@
-"""The cluster schema (pipeline/schema/cluster.py) checked by the embedded ClickHouse engine (chDB).
+"""The cluster schema (pipeline/schema/migrations.py) checked by the embedded ClickHouse engine (chDB).
 
 chDB cannot run ON CLUSTER, Replicated or Distributed tables (no Keeper, no remote_servers), so:
 1. its parser (``formatQuerySingleLine``) must accept every statement of the cluster schema;
@@ -22,23 +22,23 @@ pytestmark = pytest.mark.integration
 CHILD = r"""
 import json, re, sys
 import clickhouse_connect
-from pipeline.schema import cluster, migrations
+from pipeline.schema import migrations
 
 db, cluster, path = sys.argv[1:4]
 client = clickhouse_connect.get_client(dsn="chdb://" + path)
 def fmt(q):
     return client.query("SELECT formatQuerySingleLine({q:String})", parameters={"q": q}).result_rows[0][0]
 rejected = []
-for statement in cluster.statements(db, cluster):
+for statement in migrations.cluster_statements(db, cluster):
     try:
         fmt(statement)
     except Exception as exc:
         rejected.append([statement, str(exc)[:300]])
 migrations.apply(client, db)                                   # the single-node schema, for real
-local_db = cluster.local_database(db)
+local_db = migrations.local_database(db)
 client.command(f"CREATE DATABASE IF NOT EXISTS {local_db}")
 unwrapped = []
-for statement in cluster.local_statements(db, cluster):
+for statement in migrations.local_statements(db, cluster):
     text = fmt(statement)
     plain = re.sub(r" ON CLUSTER \S+", "", text)
     plain = re.sub(r"Replicated(\w*MergeTree)\('[^']*', '[^']*'(, )?", r"\1(", plain)

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pipeline.ingest.admission import SLO_EDGES_MS
 from pipeline.monitoring import sli as agg
+from pipeline.sinks.writer import SLO_EDGES_MS
 
 FAST = settings(max_examples=80, deadline=None)
 MAX_MS = 3_600_000

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.schema import cluster, migrations
+from pipeline.schema import migrations
 
 DB, CLUSTER = "imtel", "imtel"
 
 
 def test_local_schema_is_the_migrations_rendered_for_the_local_database() -> None:
     rendered = [s for m in migrations.render("imtel_local", CLUSTER) for s in m.statements]
-    assert cluster.local_statements(DB, CLUSTER) == rendered
+    assert migrations.local_statements(DB, CLUSTER) == rendered
     for statement in rendered:
         if statement.startswith("CREATE TABLE"):
             assert "ON CLUSTER 'imtel'" in statement
@@ -22,18 +22,18 @@ def test_local_schema_is_the_migrations_rendered_for_the_local_database() -> Non
 
 
 def test_every_local_table_has_a_distributed_table_with_the_same_name() -> None:
-    local = cluster.created_tables(cluster.local_statements(DB, CLUSTER))
-    dist = cluster.distributed_statements(DB, CLUSTER)
+    local = migrations.created_tables(migrations.local_statements(DB, CLUSTER))
+    dist = migrations.distributed_statements(DB, CLUSTER)
     assert dist[0] == "CREATE DATABASE IF NOT EXISTS imtel ON CLUSTER 'imtel'"
-    assert cluster.created_tables(dist) == [(DB, t) for _, t in local]
+    assert migrations.created_tables(dist) == [(DB, t) for _, t in local]
     for (_, table), statement in zip(local, dist[1:], strict=True):
         assert f" AS imtel_local.{table} " in statement  # columns come from the local table itself
         assert f"ENGINE = Distributed('imtel', 'imtel_local', '{table}', " in statement
 
 
 def test_partition_owned_tables_shard_by_kafka_partition() -> None:
-    dist = {t: s for (_, t), s in zip(cluster.created_tables(cluster.distributed_statements(
-        DB, CLUSTER)), cluster.distributed_statements(DB, CLUSTER)[1:], strict=True)}
+    dist = {t: s for (_, t), s in zip(migrations.created_tables(migrations.distributed_statements(
+        DB, CLUSTER)), migrations.distributed_statements(DB, CLUSTER)[1:], strict=True)}
     for table in ("request_logs", "monitoring_samples", "interface_stats_1m"):
         assert dist[table].endswith(", src_partition)")
 
@@ -53,11 +53,11 @@ def test_apply_runs_migrations_on_the_local_database_then_the_distributed_layer(
             pass
 
     client = Recorder()
-    applied = cluster.apply(client, DB, CLUSTER)
+    applied = migrations.apply_cluster(client, DB, CLUSTER)
     assert applied and client.commands[0] == "CREATE DATABASE IF NOT EXISTS imtel_local ON CLUSTER 'imtel'"
-    assert client.commands[-len(cluster.distributed_statements(DB, CLUSTER)):] == \
-        cluster.distributed_statements(DB, CLUSTER)
-    assert cluster.INSERT_SETTINGS == {"distributed_foreground_insert": 1}
+    assert client.commands[-len(migrations.distributed_statements(DB, CLUSTER)):] == \
+        migrations.distributed_statements(DB, CLUSTER)
+    assert migrations.INSERT_SETTINGS == {"distributed_foreground_insert": 1}
 
 
 def test_the_worker_clickhouse_profile_makes_distributed_inserts_synchronous() -> None:
@@ -67,5 +67,5 @@ def test_the_worker_clickhouse_profile_makes_distributed_inserts_synchronous() -
     chi = yaml.safe_load((Path(__file__).resolve().parents[2] / "k8s/base/clickhouse/installation.yaml").read_text())
     config = chi["spec"]["configuration"]
     profile = config["users"]["imtel_worker/profile"]
-    for setting, value in cluster.INSERT_SETTINGS.items():
+    for setting, value in migrations.INSERT_SETTINGS.items():
         assert config["profiles"][f"{profile}/{setting}"] == value

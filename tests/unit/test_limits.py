@@ -17,9 +17,9 @@ from prometheus_client import CollectorRegistry
 from pipeline.config.policy import load_policy
 from pipeline.config.settings import Settings
 from pipeline.ingest import limits
-from pipeline.ingest.admission import Processor
 from pipeline.ingest.buffer import DeadLetter, Origin
 from pipeline.monitoring.metrics import Metrics
+from pipeline.worker.processor import Processor
 from tests.support.kafka_io import FakeMessage
 from tests.support.memory_store import MemoryStore, RecordingDeadLetters
 
@@ -139,4 +139,4 @@ def test_process_takes_a_bounded_prefix() -> None:
     msgs = [FakeMessage(LOGS, 0, i, b"k", big) for i in range(3)]
     assert p.process(msgs) == 1
     assert p.process(msgs[1:]) == 1
-    assert p.buffer.next_offsets[(LOGS, 0)] == 2
+    assert p.admission.buffer.next_offsets[(LOGS, 0)] == 2

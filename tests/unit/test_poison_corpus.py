@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 
 from pipeline.config.policy import load_policy
 from pipeline.config.settings import Settings
-from pipeline.ingest.admission import Processor
 from pipeline.ingest.decode import REASONS, WHOLE_MESSAGE, Decoder
 from pipeline.ingest.records import MonitoringSample, RequestLog
 from pipeline.monitoring.metrics import Metrics
+from pipeline.worker.processor import Processor
 from tests.support import poison
 from tests.support.kafka_io import FakeMessage
 from tests.support.memory_store import MemoryStore, RecordingDeadLetters

@@ -16,12 +16,12 @@ from prometheus_client import CollectorRegistry
 
 from pipeline.config.policy import load_policy
 from pipeline.config.settings import Settings
-from pipeline.ingest.admission import Processor
 from pipeline.ingest.decode import Decoder
 from pipeline.ingest.records import RequestLog
 from pipeline.monitoring.metrics import Metrics
 from pipeline.sinks.clickhouse import InsertError
 from pipeline.worker.consumer import PauseDetector
+from pipeline.worker.processor import Processor
 from tests.support.kafka_io import FakeMessage
 from tests.support.memory_store import MemoryStore, RecordingDeadLetters
 
@@ -107,9 +107,9 @@ def test_fast_path_equals_per_record_reference(native: bool, spec: list[tuple[st
     msgs = build(spec)
     store = MemoryStore()
     p, letters = processor(store, native)
-    assert (p.native is not None) == native
+    assert (p.admission.native is not None) == native
     p.process(msgs)
-    offsets = p.flush() if p.buffer.next_offsets else {}
+    offsets = p.flush() if p.has_pending() else {}
     want_stored, want_dead = reference(msgs, p)
     rows = store.rows("request_logs")
     got_stored = {(r["src_partition"], r["src_offset"], r["src_index"]) for r in rows}
