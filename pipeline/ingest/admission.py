@@ -67,9 +67,10 @@ class Admission:
                  clock: Callable[[], float] = time.time) -> None:
         self.settings, self.metrics, self.clock = settings, metrics, clock
         self.minimise: Minimiser = minimiser(settings.pii_mode, settings.pii_hash_key)
-        self.logs_decoder = Decoder(RequestLog)
+        # request logs also come as OpenTelemetry logs (``otlp.py``), told apart by their bytes
+        self.logs_decoder = Decoder(RequestLog, otlp_logs=True)
         self.samples_decoder = Decoder(MonitoringSample)
-        self.logs_fast: Decoder[Any] = Decoder(LooseRequestLog)  # type: ignore[type-var]
+        self.logs_fast: Decoder[Any] = Decoder(LooseRequestLog, otlp_logs=True)  # type: ignore[type-var]
         self.samples_fast: Decoder[Any] = Decoder(LooseMonitoringSample)  # type: ignore[type-var]
         # request logs go to the native decoder first, when built and enabled (see ``fastlog``)
         self.native = (fastlog.ColumnDecoder(settings.pii_mode) if settings.native_decoder and fastlog.available

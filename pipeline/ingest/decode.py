@@ -17,6 +17,7 @@ from typing import Generic, TypeVar
 
 import msgspec
 
+from pipeline.ingest import otlp
 from pipeline.ingest.records import MonitoringSample, RequestLog
 
 T = TypeVar("T", RequestLog, MonitoringSample)
@@ -26,6 +27,9 @@ REASONS = (
     "invalid_ip", "too_old", "in_future", "inconsistent", "insert_rejected",
     # whole messages (pipeline/ingest/limits.py): not decoded, or one letter for many invalid records
     "too_large", "too_many_records", "many_invalid",
+    # OpenTelemetry logs (pipeline/ingest/otlp.py): not an ExportLogsServiceRequest, or a record that
+    # does not map to a request log
+    "invalid_otlp", *otlp.REASONS,
 )
 WHOLE_MESSAGE = -1
 # What msgspec raises on bad input: invalid UTF-8 inside a string is a UnicodeDecodeError, not a
@@ -81,7 +85,9 @@ def classify(exc: Exception) -> tuple[str, str]:
 class Decoder(Generic[T]):
     """Decoder for one record type; reusable and allocation-light (msgspec decoders are cached)."""
 
-    def __init__(self, record_type: type[T]) -> None:
+    def __init__(self, record_type: type[T], otlp_logs: bool = False) -> None:
+        self.record_type: type[T] = record_type
+        self.otlp_logs = otlp_logs
         self._one: msgspec.json.Decoder[T] = msgspec.json.Decoder(record_type)
         self._many = msgspec.json.Decoder(list[record_type])  # type: ignore[valid-type]
         self._raw_list = msgspec.json.Decoder(list[msgspec.Raw])
@@ -95,6 +101,8 @@ class Decoder(Generic[T]):
         head = data.lstrip()[:1]
         if head == b"[":
             return self._decode_array(data)
+        if self.otlp_logs and (encoding := otlp.sniff_encoding(data)) is not None:
+            return self._decode_otlp(data, encoding)
         if b"\n" in data:  # NDJSON, most likely: one call, accepted if it gave exactly one value per line
             try:
                 items = self._lines(data)
@@ -116,6 +124,36 @@ class Decoder(Generic[T]):
                     pass
                 return self._decode_parts(lines)
             return Decoded([], None, [Reject(0, *classify(exc), data)])
+
+    def _decode_otlp(self, data: bytes, encoding: str) -> Decoded[T]:
+        """An OpenTelemetry ``ExportLogsServiceRequest`` (the Collector's Kafka exporter, ``otlp_proto``
+        or ``otlp_json``): each log record mapped to a request log (``schemas/otlp_mapping.yaml``), then
+        validated like any JSON record. A record that does not map, or maps to an invalid request log,
+        is rejected with its own one-record request as its bytes, so a replay decodes just that one."""
+        try:
+            request = otlp.parse_request(data, encoding)
+            mapped, unmapped = otlp.map_request(request, otlp.load_mapping())
+        except otlp.OtlpDecodeError as exc:
+            return Decoded([], None, [Reject(WHOLE_MESSAGE, "invalid_otlp", str(exc), data)])
+        if not mapped and not unmapped:
+            return Decoded([], None, [Reject(WHOLE_MESSAGE, "empty", "the request holds no log records", data)])
+        out: Decoded[T] = Decoded([], [], [])
+        assert out.indices is not None
+        bad = {index: (reason, detail) for index, reason, detail in unmapped}
+        fields = iter(mapped)
+        for index in range(len(mapped) + len(unmapped)):
+            why = bad.get(index)
+            if why is None:
+                try:
+                    out.items.append(msgspec.convert(next(fields), self.record_type))
+                    out.indices.append(index)
+                    continue
+                except msgspec.ValidationError as exc:
+                    why = classify(exc)
+            out.rejects.append(Reject(index, *why, otlp.record_payload(request, index)))
+        if not out.rejects:
+            out.indices = None
+        return out
 
     def _decode_array(self, data: bytes) -> Decoded[T]:
         try:
