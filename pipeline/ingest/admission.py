@@ -31,7 +31,7 @@ from pipeline.ingest.buffer import (
     sample_batch,
 )
 from pipeline.ingest.decode import BAD_INPUT, WHOLE_MESSAGE, Decoded, Decoder, Reject, oldest_kept, time_reason
-from pipeline.ingest.privacy import Minimiser, minimise_column, minimiser
+from pipeline.ingest.privacy import Minimisation, minimisation
 from pipeline.ingest.records import (
     INTERFACE_PATTERN_RE2,
     LooseMonitoringSample,
@@ -66,14 +66,14 @@ class Admission:
     def __init__(self, settings: Settings, metrics: Metrics, policy: Policy,
                  clock: Callable[[], float] = time.time) -> None:
         self.settings, self.metrics, self.clock = settings, metrics, clock
-        self.minimise: Minimiser = minimiser(settings.pii_mode, settings.pii_hash_key)
+        self.minimise: Minimisation = minimisation(settings.pii_mode, settings.pii_hash_key)
         # request logs also come as OpenTelemetry logs (``otlp.py``), told apart by their bytes
         self.logs_decoder = Decoder(RequestLog, otlp_logs=True)
         self.samples_decoder = Decoder(MonitoringSample)
         self.logs_fast: Decoder[Any] = Decoder(LooseRequestLog, otlp_logs=True)  # type: ignore[type-var]
         self.samples_fast: Decoder[Any] = Decoder(LooseMonitoringSample)  # type: ignore[type-var]
         # request logs go to the native decoder first, when built and enabled (see ``fastlog``)
-        self.native = (fastlog.ColumnDecoder(settings.pii_mode) if settings.native_decoder and fastlog.available
+        self.native = (fastlog.ColumnDecoder(self.minimise.native) if settings.native_decoder and fastlog.available
                        else None)
         self.max_age_ms = {settings.topic_request_logs: policy.log_data_days * DAY_MS,
                            settings.topic_monitoring_samples: policy.monitoring_data_days * DAY_MS}
@@ -213,8 +213,7 @@ class Admission:
         nets = cols.client_net
         if not cols.net_done.all():  # IPv6, other text, or hash mode: as without the native decoder
             rest = pa.array(~cols.net_done)
-            nets = pc.replace_with_mask(nets, rest, minimise_column(cols.client_ip.filter(rest),
-                                                                    self.settings.pii_mode, self.minimise))
+            nets = pc.replace_with_mask(nets, rest, self.minimise.column(cols.client_ip.filter(rest)))
         if nets.null_count:
             bad |= nets.is_null().to_numpy(zero_copy_only=False)
         runs = list(zip(taken.partitions, taken.offsets, strict=True))  # one run per message taken, in order
@@ -287,8 +286,7 @@ class Admission:
         bad = self._outside_window(topic, times, now_ms)
         nets: pa.Array | None = None
         if is_logs:
-            nets = minimise_column([r.client_ip for r in records], self.settings.pii_mode,
-                                   self.minimise)
+            nets = self.minimise.column([r.client_ip for r in records])
             if nets.null_count:
                 bad |= nets.is_null().to_numpy(zero_copy_only=False)
         else:

@@ -188,13 +188,13 @@ IPV4ISH = st.one_of(
 @given(ip=IPV4ISH)
 def test_native_minimisation_equals_privacy_where_it_applies(mode: str, ip: str) -> None:
     """A dotted-quad IPv4 address in prefix/drop mode is minimised natively, to exactly what
-    ``privacy.minimiser`` gives; anything else is left to it (flagged not done)."""
-    from pipeline.ingest.privacy import minimiser
+    ``privacy.minimisation`` gives; anything else is left to it (flagged not done)."""
+    from pipeline.ingest.privacy import minimisation
 
     native = fastlog.ColumnDecoder(mode)
     assert native.add(frame([good(0, client_ip=ip)], "array")) == 1
     cols = native.take()
-    one = minimiser(mode, "k" * 16)
+    one = minimisation(mode, "k" * 16)
     if cols.net_done[0]:
         assert mode != "hash" and one(ip) == cols.client_net[0].as_py() and one(ip) is not None
     else:

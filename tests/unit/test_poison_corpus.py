@@ -172,7 +172,7 @@ def test_hand_written_nasties_meet_their_documented_fate() -> None:
 
 @pytest.mark.parametrize("ip", poison.NOT_IPS)
 def test_an_ip_that_is_not_an_ip_is_invalid_ip_never_an_exception(ip: str) -> None:
-    from pipeline.ingest.privacy import minimiser
+    from pipeline.ingest.privacy import minimisation
 
     for mode in ("prefix", "hash", "drop"):
-        assert minimiser(mode, "k" * 16)(ip) is None, (mode, ip)
+        assert minimisation(mode, "k" * 16)(ip) is None, (mode, ip)

@@ -101,19 +101,19 @@ def test_drop_mode(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
 @FAST
 @given(st.one_of(st.ip_addresses().map(str), st.text(max_size=40)))
 def test_cached_minimiser_matches_uncached(s: str) -> None:
-    assert privacy.minimiser("prefix")(s) == privacy.prefix(s)
-    assert privacy.minimiser("drop")(s) == privacy.drop(s)
-    cached = privacy.minimiser("hash", KEY_A)
+    assert privacy.minimisation("prefix")(s) == privacy.prefix(s)
+    assert privacy.minimisation("drop")(s) == privacy.drop(s)
+    cached = privacy.minimisation("hash", KEY_A)
     assert cached(s) == privacy.make_hasher(KEY_A)(s)
     assert cached(s) == cached(s)
-    assert privacy.minimiser("hash", KEY_B)(s) == privacy.make_hasher(KEY_B)(s)
+    assert privacy.minimisation("hash", KEY_B)(s) == privacy.make_hasher(KEY_B)(s)
 
 
 def test_minimiser_cache_is_used() -> None:
-    m = privacy.minimiser("prefix", cache_size=4)
+    m = privacy.minimisation("prefix", cache_size=4)
     for _ in range(3):
         m("203.0.113.7")
-    info = m.cache_info()  # type: ignore[attr-defined]
+    info = m.one.cache_info()  # type: ignore[attr-defined]
     assert (info.hits, info.misses, info.maxsize) == (2, 1, 4)
 
 
@@ -161,9 +161,9 @@ def test_ipv6_column_path_agrees_with_ipaddress(text: str) -> None:
     valid text in every shape and for near-misses (a colon, digit or letter inserted anywhere)."""
     network = _reference_prefix(text)
     for mode, expect in (("prefix", network), ("drop", None if network is None else "")):
-        assert privacy.minimise_column([text, "203.0.113.9"], mode, lambda _: "per-value").to_pylist()[0] in (
-            expect, "per-value")
-        assert privacy.minimise_column([text], mode, privacy.minimiser(mode)).to_pylist() == [expect]
+        per_value = privacy.Minimisation(mode, lambda _: "per-value")
+        assert privacy.minimise_column([text, "203.0.113.9"], per_value).to_pylist()[0] in (expect, "per-value")
+        assert privacy.minimise_column([text], privacy.minimisation(mode)).to_pylist() == [expect]
 
 
 @pytest.mark.parametrize("mode", ["prefix", "drop", "hash"])
@@ -172,13 +172,14 @@ def test_ipv6_column_path_agrees_with_ipaddress(text: str) -> None:
                               st.ip_addresses(v=4).map(lambda a: f"::ffff:{a}"), IPV6_TEXT), max_size=40))
 def test_minimise_column_equals_per_value(mode: str, ips: list[str]) -> None:
     """The vectorised column path gives exactly what the per-value minimiser gives."""
-    one = privacy.minimiser(mode, KEY_A)
-    assert privacy.minimise_column(ips, mode, one).to_pylist() == [one(ip) for ip in ips]
+    one = privacy.minimisation(mode, KEY_A)
+    assert privacy.minimise_column(ips, one).to_pylist() == [one(ip) for ip in ips]
 
 
 def test_common_ipv6_is_minimised_in_arrow() -> None:
     """The generator's (and most senders') IPv6 shape takes the column path, not the per-value one."""
-    per_value = privacy.minimise_column(["2001:db8:a:b::1", "2001:db8:1::", "::1"], "prefix", lambda _: "per-value")
+    per_value = privacy.minimise_column(["2001:db8:a:b::1", "2001:db8:1::", "::1"],
+                                        privacy.Minimisation("prefix", lambda _: "per-value"))
     assert per_value.to_pylist() == ["2001:db8:a::/48", "2001:db8:1::/48", "per-value"]
 
 

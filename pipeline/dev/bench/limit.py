@@ -98,9 +98,9 @@ def arrow_tables(job: Job) -> list[pa.Table]:
     """The topic's records as ``request_logs`` Arrow tables of ``INSERT_ROWS`` rows (untimed; built
     as the rows arrive, so only Arrow data is held, as a pipeline would between flushes)."""
     from pipeline.dev.bench.rowwise import COLUMNS
-    from pipeline.ingest.privacy import minimiser
+    from pipeline.ingest.privacy import minimisation
 
-    decoder, minimise = TypedDecoder(), minimiser("prefix")
+    decoder, minimise = TypedDecoder(), minimisation("prefix")
     tables: list[pa.Table] = []
     cols: dict[str, list[Any]] = {c: [] for c in COLUMNS}
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from pipeline.ingest.privacy import minimiser
+from pipeline.ingest.privacy import minimisation
 
 COLUMNS = ("request_time", "sdk_app_id", "interface", "request_id", "client_net", "latency_ms", "error_code",
            "exception", "region", "platform", "src_topic_id", "src_partition", "src_offset", "src_index",
@@ -70,7 +70,7 @@ class RowBuilder:
 
     def __init__(self, topic_id: str, pii_mode: str = "prefix") -> None:
         self.topic_id = topic_id
-        self.minimise = minimiser(pii_mode)
+        self.minimise = minimisation(pii_mode)
         self.invalid = 0
 
     def row(self, rec: Any, partition: int, offset: int, index: int, now_ms: int) -> Row | None:
