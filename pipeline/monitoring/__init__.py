@@ -1,0 +1,1 @@
+"""The pipeline's monitoring: Prometheus metrics and SLIs, and the dashboards and alert rules generated from code."""

@@ -16,9 +16,7 @@ Every alert carries ``summary``, ``description`` (with the app/topic/table and t
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from typing import Any
 import yaml
 
 from pipeline.config.policy import load_policy
+from pipeline.monitoring import generated
 from pipeline.monitoring.metrics import LATENCY_BUCKETS_S
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -454,36 +453,13 @@ def alert_names(spec: Spec | None = None) -> list[str]:
     return [r["alert"] for r in slo_alert_rules(spec) + pipeline_alert_rules(spec)]
 
 
-def write(out_dir: Path = ALERTS_DIR) -> list[Path]:
-    out = []
-    for name, text in render().items():
-        path = out_dir / name
-        path.write_text(text)
-        out.append(path)
-    return out
-
-
 def stale(out_dir: Path = ALERTS_DIR) -> list[str]:
     """Names of committed rule files that differ from what the spec generates."""
-    return [
-        name
-        for name, text in render().items()
-        if not (out_dir / name).exists() or (out_dir / name).read_text() != text
-    ]
+    return generated.stale(render(), out_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.monitoring.slo", description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the committed rule files are stale")
-    args = parser.parse_args(argv)
-    if args.check:
-        bad = stale()
-        for name in bad:
-            print(f"alerts/{name} is stale: run `python -m pipeline.monitoring.slo`", file=sys.stderr)
-        return 1 if bad else 0
-    for path in write():
-        print(path.relative_to(ROOT))
-    return 0
+    return generated.main(argv, "python -m pipeline.monitoring.slo", __doc__.splitlines()[0], render, ALERTS_DIR)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ from confluent_kafka import Producer
 
 from pipeline.config.settings import Settings
 from pipeline.dev.generate import Traffic
-from pipeline.monitoring import dashboards
+from pipeline.monitoring.boards import build_all
+from tests.support import grafana_macros
 
 from ..chromium import CHROMIUM, MEASURE_REPORT, open_page
 from .conftest import free_port, run_sql
@@ -295,14 +296,14 @@ def test_dashboards_alerts_queries_and_report_on_a_live_incident(
              lambda: prom(prometheus, "query", query="imtel_oldest_row_age_seconds"), 45)
     now = time.time()
     start_dt, end_dt = datetime.fromtimestamp(prom_start, UTC), datetime.fromtimestamp(now, UTC)
-    models = dashboards.build_all()
+    models = build_all()
     empty: list[str] = []
     checked = 0
     for variables in ({}, {"sdk_app_id": [str(A)]}):
-        for q in dashboards.panel_queries(start_dt, end_dt, variables, models):
+        for q in grafana_macros.panel_queries(start_dt, end_dt, variables, models):
             if q.kind != "promql":
                 continue
-            expr = dashboards.expand_promql(q.raw, start_dt, end_dt, variables, scrape_interval_s=1)
+            expr = grafana_macros.expand_promql(q.raw, start_dt, end_dt, variables, scrape_interval_s=1)
             result = (prom(prometheus, "query", query=expr, time=now) if q.instant else
                       prom(prometheus, "query_range", query=expr, start=prom_start, end=now, step=1))
             checked += 1
@@ -365,7 +366,7 @@ def test_dashboards_alerts_queries_and_report_on_a_live_incident(
     store = Path(pipeline_env["IMTEL_CLICKHOUSE_DSN"].removeprefix("chdb://"))
     sql_start, sql_end = datetime.fromtimestamp(phases["start"] - 120, UTC), datetime.fromtimestamp(t_end + 60, UTC)
     panel_sql = [q for variables in ({}, {"sdk_app_id": [str(A)], "interface": [IFACE]})
-                 for q in dashboards.panel_queries(sql_start, sql_end, variables, models) if q.kind == "clickhouse"]
+                 for q in grafana_macros.panel_queries(sql_start, sql_end, variables, models) if q.kind == "clickhouse"]
     assert len(panel_sql) >= 40
     results = run_sql(store, [q.expanded for q in panel_sql], migrate=False)
     no_rows = [f"{q.dashboard} / {q.panel}" for q, rows in zip(panel_sql, results, strict=True) if not rows]

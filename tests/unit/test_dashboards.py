@@ -16,8 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.monitoring import dashboards as d
+from pipeline.monitoring import dashboards
+from pipeline.monitoring.boards import build_all
 from pipeline.monitoring.metrics import Metrics
+from pipeline.monitoring.panels import CH, PROM
+from tests.support import grafana_macros as g
 
 ROOT = Path(__file__).resolve().parents[2]
 PROVISIONING = ROOT / "grafana" / "provisioning"
@@ -31,11 +34,11 @@ APPS = ("1400000001", "1400000002")
 
 @pytest.fixture(scope="module")
 def models() -> dict[str, dict]:
-    return d.build_all()
+    return build_all()
 
 
 def panels(model: dict) -> list[dict]:
-    return [p for p in d._panels(model) if p.get("type") != "row"]
+    return [p for p in g.iter_panels(model) if p.get("type") != "row"]
 
 
 def exported_series() -> set[str]:
@@ -59,22 +62,22 @@ def series_in(expr: str) -> set[str]:
 
 
 def test_committed_json_equals_generated():
-    stale = d.stale()
+    stale = dashboards.stale()
     assert not stale, f"regenerate with `python -m pipeline.monitoring.dashboards`: {stale}"
 
 
 def test_four_dashboards_with_sane_layout(models):
     assert set(models) == UIDS
     for uid, model in models.items():
-        ids = [p["id"] for p in d._panels(model)]
+        ids = [p["id"] for p in g.iter_panels(model)]
         assert len(ids) == len(set(ids)), f"{uid}: duplicate panel ids"
-        for p in d._panels(model):
+        for p in g.iter_panels(model):
             pos = p["gridPos"]
             assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24, f"{uid}/{p.get('title')}: off the grid"
         for p in panels(model):
             assert p["title"] and p["targets"], f"{uid}: panel without title or query"
             for t in p["targets"]:
-                assert t["datasource"]["uid"] in {d.PROM.uid, d.CH.uid}
+                assert t["datasource"]["uid"] in {PROM.uid, CH.uid}
                 assert t["datasource"] == p["datasource"], f"{uid}/{p['title']}: mixed datasources"
 
 
@@ -90,7 +93,7 @@ def test_drilldown_has_multi_select_app_variable(models):
 
 
 def test_history_panels_use_the_plugin_macros(models):
-    sqls = [q for q in d.panel_queries(START, END, dashboards=models) if q.kind == "clickhouse"]
+    sqls = [q for q in g.panel_queries(START, END, dashboards=models) if q.kind == "clickhouse"]
     raw = "\n".join(q.raw for q in sqls)
     for macro in ("$__timeFilter(", "$__timeInterval(", "$__conditionalAll("):
         assert macro in raw
@@ -146,7 +149,7 @@ def test_issue_panels_exist(models):
 
 def test_promql_uses_only_exported_metrics(models):
     known = exported_series()
-    for q in d.panel_queries(START, END, dashboards=models):
+    for q in g.panel_queries(START, END, dashboards=models):
         if q.kind == "promql":
             unknown = series_in(q.expanded) - known
             assert not unknown, f"{q.dashboard}/{q.panel}: unknown metrics {unknown}"
@@ -161,7 +164,7 @@ def test_every_promql_parses(models, tmp_path):
     exprs = [
         q.expanded
         for vars_ in ({}, {"sdk_app_id": list(APPS)})
-        for q in d.panel_queries(START, END, vars_, models)
+        for q in g.panel_queries(START, END, vars_, models)
         if q.kind == "promql"
     ]
     rules = {
@@ -180,10 +183,10 @@ def test_every_promql_parses(models, tmp_path):
 
 def test_conditional_all_and_variables():
     sql = "WHERE $__conditionalAll(sdk_app_id IN (${sdk_app_id:singlequote}), $sdk_app_id) AND x = 1"
-    assert d.expand_sql(sql, START, END) == "WHERE 1=1 AND x = 1"
-    assert d.expand_sql(sql, START, END, {"sdk_app_id": "$__all"}) == "WHERE 1=1 AND x = 1"
+    assert g.expand_sql(sql, START, END) == "WHERE 1=1 AND x = 1"
+    assert g.expand_sql(sql, START, END, {"sdk_app_id": "$__all"}) == "WHERE 1=1 AND x = 1"
     assert (
-        d.expand_sql(sql, START, END, {"sdk_app_id": list(APPS)})
+        g.expand_sql(sql, START, END, {"sdk_app_id": list(APPS)})
         == "WHERE sdk_app_id IN ('1400000001','1400000002') AND x = 1"
     )
 
@@ -191,27 +194,27 @@ def test_conditional_all_and_variables():
 def test_time_macros():
     f, t = int(START.timestamp()), int(END.timestamp())
     assert (
-        d.expand_sql("WHERE $__timeFilter(minute)", START, END)
+        g.expand_sql("WHERE $__timeFilter(minute)", START, END)
         == f"WHERE minute >= toDateTime({f}) AND minute <= toDateTime({t})"
     )
     assert (
-        d.expand_sql("SELECT $__timeInterval(toDate(request_time)) AS t", START, END, interval_s=60)
+        g.expand_sql("SELECT $__timeInterval(toDate(request_time)) AS t", START, END, interval_s=60)
         == "SELECT toStartOfInterval(toDateTime(toDate(request_time)), INTERVAL 60 second) AS t"
     )
     assert (
-        d.expand_sql("SELECT $__interval_s, $__fromTime", START, END, interval_s=30)
+        g.expand_sql("SELECT $__interval_s, $__fromTime", START, END, interval_s=30)
         == f"SELECT 30, toDateTime({f})"
     )
-    assert d.interval_seconds(START, END) == 11 and d.interval_seconds(START, END, 60) == 60
+    assert g.interval_seconds(START, END) == 11 and g.interval_seconds(START, END, 60) == 60
     with pytest.raises(ValueError, match="unexpanded"):
-        d.expand_sql("SELECT $__unknownMacro(x)", START, END)
+        g.expand_sql("SELECT $__unknownMacro(x)", START, END)
 
 
 def test_promql_expansion():
     expr = 'rate(x{app=~"$sdk_app_id"}[$__rate_interval])'
-    assert d.expand_promql(expr, START, END) == 'rate(x{app=~".*"}[60s])'
+    assert g.expand_promql(expr, START, END) == 'rate(x{app=~".*"}[60s])'
     assert (
-        d.expand_promql(expr, START, END, {"sdk_app_id": list(APPS)})
+        g.expand_promql(expr, START, END, {"sdk_app_id": list(APPS)})
         == 'rate(x{app=~"(1400000001|1400000002)"}[60s])'
     )
 
@@ -280,7 +283,7 @@ def chdb(tmp_path_factory):
 )
 def test_every_sql_runs_on_chdb_and_returns_rows(chdb, models, variables):
     failures, empty = [], []
-    queries = [q for q in d.panel_queries(START, END, variables, models) if q.kind == "clickhouse"]
+    queries = [q for q in g.panel_queries(START, END, variables, models) if q.kind == "clickhouse"]
     assert len(queries) >= 20
     for q in queries:
         try:
@@ -300,21 +303,21 @@ def test_every_sql_runs_on_chdb_and_returns_rows(chdb, models, variables):
 def test_provisioning_matches_dashboards(models):
     ds = yaml.safe_load((PROVISIONING / "datasources" / "imtel.yaml").read_text())["datasources"]
     by_uid = {x["uid"]: x for x in ds}
-    assert by_uid[d.PROM.uid]["type"] == "prometheus"
-    assert by_uid[d.CH.uid]["type"] == "grafana-clickhouse-datasource"
-    assert by_uid[d.CH.uid]["jsonData"]["defaultDatabase"] == "imtel"
+    assert by_uid[PROM.uid]["type"] == "prometheus"
+    assert by_uid[CH.uid]["type"] == "grafana-clickhouse-datasource"
+    assert by_uid[CH.uid]["jsonData"]["defaultDatabase"] == "imtel"
     used = {t["datasource"]["uid"] for m in models.values() for p in panels(m) for t in p["targets"]}
     assert used <= set(by_uid)
     providers = yaml.safe_load((PROVISIONING / "dashboards" / "imtel.yaml").read_text())["providers"]
     assert providers[0]["type"] == "file" and providers[0]["options"]["path"]
     for uid in models:
-        assert json.loads((d.OUT_DIR / f"{uid}.json").read_text())["uid"] == uid
+        assert json.loads((dashboards.OUT_DIR / f"{uid}.json").read_text())["uid"] == uid
 
 
 def test_apps_are_named_from_the_registry(chdb, models):
     """The app picker shows "name (id)" and filters on the id; per-app ClickHouse series and the slowest
     requests carry the registry name; an app the registry does not know keeps its bare id."""
-    by_panel = {q.panel: q for q in d.panel_queries(START, END, {}, models) if q.kind == "clickhouse"}
+    by_panel = {q.panel: q for q in g.panel_queries(START, END, {}, models) if q.kind == "clickhouse"}
     options = [tuple(r) for r in chdb.query(by_panel["variable sdk_app_id"].expanded).result_rows]
     assert set(options) == {(APPS[0], f"Demo chat ({APPS[0]})"), (APPS[1], APPS[1])}
     series = chdb.query(by_panel["Success rate per app (interface_stats_1m)"].expanded).result_rows
