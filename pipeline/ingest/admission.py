@@ -102,8 +102,12 @@ class Admission:
         """The topic's id (stored in src_topic_id, so a re-created topic is a new source), else its name."""
         return self.topic_ids.get(topic, topic)
 
-    def poll_size(self, room: int) -> int:
-        """How many messages the next poll may take so that at most ``room`` records arrive."""
+    def poll_size(self) -> int:
+        """How many messages the next poll may take: enough records to fill the buffer up to
+        ``batch_max_records``, at most ``POLL_RECORDS`` (what one ``process`` call decodes), counted
+        with the records per message learnt from the polls so far. A message may carry hundreds of
+        records, so a fixed message count would let one poll buffer far more than a batch."""
+        room = max(1, min(POLL_RECORDS, self.settings.batch_max_records - len(self.buffer)))
         return int(room / max(1.0, self.records_per_message))
 
     # -- processing -------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from mode import Service
 
-from pipeline.config.kafka import FETCH_CONFIG, POLL_RECORDS
+from pipeline.config.kafka import FETCH_CONFIG
 from pipeline.config.settings import Settings
 from pipeline.ingest.buffer import Buffer
 from pipeline.monitoring.metrics import Metrics
@@ -208,14 +208,11 @@ class KafkaBatchSource(Service):
                 self._launch()
 
     def _poll_size(self) -> int:
-        """Messages to fetch: enough to fill the buffer (at most ``POLL_RECORDS``), not more. A message
-        may carry hundreds of records, so a fixed count would let one poll buffer far more than
-        ``batch_max_records``. The records per message are learnt from the polls so far, so a poll
-        may at most double the last one: the first poll after start-up would otherwise take
-        ``consume_max_messages`` batched messages at once (5,000 x 300 records: the worker's peak
-        memory, before any flush)."""
-        room = max(1, min(POLL_RECORDS, self.settings.batch_max_records - self.processor.buffered()))
-        fit = self.processor.poll_size(room)
+        """Messages to fetch: as many as fit the buffer by records (``Processor.poll_size``) and by
+        bytes (``poll_max_bytes``), and at most double the last poll: the first poll after start-up
+        would otherwise take ``consume_max_messages`` batched messages at once (5,000 x 300 records:
+        the worker's peak memory, before any flush)."""
+        fit = self.processor.poll_size()
         fit_bytes = int(self.settings.poll_max_bytes / max(1.0, self.bytes_per_message))
         return max(1, min(self.settings.consume_max_messages, fit, fit_bytes, 2 * max(FIRST_POLL, self.last_poll)))
 

@@ -46,8 +46,9 @@ class Processor:
         """Whether the current buffer holds offsets not yet written."""
         return bool(self.admission.buffer.next_offsets)
 
-    def poll_size(self, room: int) -> int:
-        return self.admission.poll_size(room)
+    def poll_size(self) -> int:
+        """Messages the next poll may take by the records they hold (``Admission.poll_size``)."""
+        return self.admission.poll_size()
 
     def set_topic_id(self, topic: str, topic_id: str) -> None:
         self.admission.topic_ids[topic] = topic_id
