@@ -3,7 +3,7 @@ hypothesis strategies for fuzzed messages (arbitrary bytes, mutated valid JSON, 
 
 Shared by the fast decoder-level fuzzing (``tests/unit/test_poison_corpus.py``) and the integration
 run that pushes a few hundred of these through a real worker (``tests/integration/test_poison.py``).
-Expectations follow the documented rules (README "Invalid records", ``pipeline/ingest/decode.py``): a
+Expectations follow the documented rules (docs/architecture.md "Invalid records", ``pipeline/ingest/decode.py``): a
 message that is not JSON at all is one dead letter with index -1 (unparsable array) or 0 (anything
 else); an array or NDJSON message yields one outcome per element, by index.
 """

@@ -1,6 +1,7 @@
-"""The README's retention table, the policy file (schemas/retention.yaml) and the DDL agree: every
-category's limit, tables, TTL clauses (as rendered from the templates) and topic settings, the
-dead-letter topic and the pipeline's own records; nothing the policy names is missing from the table."""
+"""The retention table (docs/privacy-and-retention.md), the policy file (schemas/retention.yaml) and the
+DDL agree: every category's limit, tables, TTL clauses (as rendered from the templates) and topic
+settings, the dead-letter topic and the pipeline's own records; nothing the policy names is missing from
+the table."""
 
 from __future__ import annotations
 
@@ -14,17 +15,17 @@ from pipeline.config.settings import Settings
 from pipeline.schema.migrations import desired_ttls
 from pipeline.schema.topics import topic_specs
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "privacy-and-retention.md"
 POLICY = load_policy()
 TTLS = desired_ttls("imtel")
 SPECS = {s.logical: s for s in topic_specs(Settings(), POLICY)}
 
 
 def table_rows() -> dict[str, list[str]]:
-    """First cell -> cells of the markdown table under '## Retention and privacy'."""
-    text = README.read_text()
-    section = text[text.index("## Retention and privacy"):]
-    section = section[: section.index("\n### ")]
+    """First cell -> cells of the markdown table under '## Retention'."""
+    text = PAGE.read_text()
+    section = text[text.index("\n## Retention\n"):]
+    section = section[: section.index("\n## ", 1)]
     rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in section.splitlines()
             if line.startswith("|") and not line.startswith("|---")]
     assert rows[0] == ["policy", "limit", "tables", "TTL", "topic: retention.ms + segment.ms"]
@@ -76,6 +77,6 @@ def test_every_table_and_topic_is_in_the_table() -> None:
 
 
 def test_topic_headroom_in_the_prose_matches_the_policy() -> None:
-    text = README.read_text()
+    text = PAGE.read_text()
     assert POLICY.kafka.segment_ms == 3_600_000 and POLICY.kafka.retention_check_ms == 300_000
     assert "`retention.ms` = limit - 1 h - 5 min" in text
