@@ -10,6 +10,7 @@
   imtel audit        retention audit: policy vs tables, rows and topics (exit 1 on a violation)
   imtel erase        delete every stored row of one application (and log the erasure)
   imtel apps         application registry: list, add, terminate, enforce per-app retention
+  imtel deadletters  dead letters: list (counts), show (one, masked), replay (after a fix, stored once)
   imtel settings     every setting with its env var, default and meaning
   imtel bench        benchmark against the peers and the machine's limit (results JSON + tables)
   imtel engine       serve one embedded store over ClickHouse's HTTP interface (local workers share it)
@@ -580,6 +581,63 @@ def cmd_engine(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deadletters(args: argparse.Namespace) -> int:
+    """``imtel deadletters list|show|replay`` (pipeline/ops/deadletters.py, docs/deadletters.md)."""
+    from pipeline.ingest.replay import format_coordinates
+    from pipeline.ops import deadletters as dl
+
+    s = _settings(args)
+    if not logging.getLogger().handlers:  # show --raw is logged: to stderr at least
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.action == "list":
+        since = dl.parse_since(args.since)
+        req = dl.ListRequest(since if since is not None else int(time.time() * 1000) - 86_400_000,
+                             dl.parse_reasons(args.reason), dl.parse_bucket(args.bucket))
+        result = _from_store(s, f"/deadletters?{urllib.parse.urlencode(req.as_query())}",
+                             lambda store: dl.list_counts(store, req))
+        print(_render(result, args.format), end="")
+        if args.format == "table":
+            totals = dl.totals_by_reason(result)
+            print(f"total: {sum(totals.values())} records" + "".join(f", {r} {n}" for r, n in sorted(totals.items())))
+        return 0
+    if args.action == "show":
+        source = dl.parse_source(args.coordinates)
+        if source.offset is None:
+            raise UsageError("show takes one record: TOPIC/PARTITION/OFFSET[/INDEX] (see `imtel deadletters list`)")
+        pick = dl.Selection(source=dl.Source(source.topic, source.partition, source.offset,
+                                             source.index if source.index is not None else None))
+        found = dl.latest(dl.read_letters(s.kafka_config(), s.topic_dead_letters, dl.parse_since(args.since), pick))
+        if not found:
+            raise UsageError(f"no dead letter for {args.coordinates} on {s.topic_dead_letters}")
+        if len(found) > 1:
+            raise UsageError(f"{len(found)} dead letters match {args.coordinates}: give the index too ("
+                             + ", ".join(sorted(format_coordinates(*k) for k in found)[:5]) + ")")
+        letter = next(iter(found.values()))
+        if args.raw:
+            dl.log_raw_access(letter)
+        shown = letter.describe(raw=args.raw)
+        print(json.dumps(shown, indent=2) if args.format == "json" else dl.render_letter(shown).rstrip("\n"))
+        return 0
+    # replay
+    if not (args.reason or args.source or args.since):
+        raise UsageError("replay needs a selection: --reason, --source and/or --since")
+    pick = dl.Selection(dl.parse_reasons(args.reason), dl.parse_since(args.since), dl.parse_since(args.until),
+                        dl.parse_source(args.source) if args.source else None)
+    plan = dl.plan_replay(dl.read_letters(s.kafka_config(), s.topic_dead_letters, pick.since_ms, pick,
+                                          limit=args.scan_limit), args.max_replays)
+    sent = {} if args.dry_run or not plan.send else dl.produce_replays(s.kafka_config(), plan.send, args.to)
+    if args.dry_run:
+        print(f"would replay {len(plan.send)} record(s)")
+    else:
+        print(f"replayed {len(plan.send)} record(s)" + "".join(f"; {n} to {t}" for t, n in sorted(sent.items()))
+              + (" (the worker stores each once; `imtel deadletters list` shows those refused again)"
+                 if plan.send else ""))
+    for why, letters in sorted(plan.refused.items()):
+        sample = ", ".join(format_coordinates(*x.coordinates) for x in letters[:5])
+        print(f"refused: {len(letters)} record(s): {why}: {sample}{' ...' if len(letters) > 5 else ''}")
+    return 1 if plan.refused else 0
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     for env, default, doc in Settings.describe():
         print(f"{env:36} {default:28} {doc}")
@@ -654,6 +712,29 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--to", help="end: now, now-30m, ISO-8601 (UTC) or epoch (default: now)")
     r.add_argument("--out", help="output file (default: imtel-report-APP-START.html)")
     add("settings", cmd_settings, "list every setting")
+    dlq = add("deadletters", cmd_deadletters, "dead letters: counts from the ledger, one letter, replay after a fix")
+    dla = dlq.add_subparsers(dest="action", required=True)
+    dll = dla.add_parser("list", help="records dead-lettered per time bucket, source topic, reason and app")
+    dll.add_argument("--since", help="from this time (now-6h, ISO-8601, epoch; default: the last 24 hours)")
+    dll.add_argument("--reason", action="append", help="only these reasons (comma-separated, repeatable)")
+    dll.add_argument("--bucket", default="1h", help="time bucket: 1m, 5m, 15m, 1h, 6h or 1d (default 1h)")
+    dll.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    dls = dla.add_parser("show", help="one dead letter: reason, detail, source coordinates, payload (masked)")
+    dls.add_argument("coordinates", help="its source coordinates TOPIC/PARTITION/OFFSET[/INDEX] (topic name or id)")
+    dls.add_argument("--since", help="read the dead-letter topic from this time (default: from its beginning)")
+    dls.add_argument("--raw", action="store_true", help="do not mask exit IPs and e-mail addresses (logged)")
+    dls.add_argument("--format", choices=("text", "json"), default="text")
+    dlr = dla.add_parser("replay", help="re-produce dead letters to their source topic after a fix (stored once)")
+    dlr.add_argument("--reason", action="append", help="only these reasons (comma-separated, repeatable)")
+    dlr.add_argument("--since", help="letters dead-lettered from this time")
+    dlr.add_argument("--until", help="letters dead-lettered before this time")
+    dlr.add_argument("--source", help="TOPIC[/PARTITION[/OFFSET[/INDEX]]]: letters of these source coordinates")
+    dlr.add_argument("--to", help="produce to this topic instead of each letter's source topic")
+    dlr.add_argument("--max-replays", type=_positive_int, default=3,
+                     help="refuse records replayed this many times already (default 3)")
+    dlr.add_argument("--dry-run", action="store_true", help="say what would be replayed, produce nothing")
+    dlr.add_argument("--scan-limit", type=_positive_int, default=1_000_000,
+                     help="read at most this many dead letters (default 1000000)")
     en = add("engine", cmd_engine, "serve one embedded store over ClickHouse's HTTP interface, so several local "
              "workers and commands share it (IMTEL_CLICKHOUSE_DSN=http://HOST:PORT); not a production ClickHouse")
     en.add_argument("--store", required=True, type=Path, help="chDB data folder (created if missing)")

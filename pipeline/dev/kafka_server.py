@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from pipeline.dev.embedded import free_port, port_open
+from pipeline.dev.ports import free_port, port_open
 
 # 4.4.0 is the newest 4.x on Maven Central, and every class of it and of its dependencies is Java 17
 # bytecode (checked: class-file major version 61 throughout), so it runs on the Java 17 here.
@@ -326,7 +326,7 @@ def _die_with_parent() -> None:
 class KafkaServer:
     """One Kafka node (broker + controller) with its data, config and log in ``data_dir``.
 
-    The ports are chosen once (``pipeline.dev.embedded.free_port``) and kept, so ``restart`` and
+    The ports are chosen once (``pipeline.dev.ports.free_port``) and kept, so ``restart`` and
     ``kill`` + ``start`` bring the same node back where clients look for it."""
 
     def __init__(self, data_dir: Path | str, *, port: int | None = None, controller_port: int | None = None,

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from pipeline.config.kafka import POLL_RECORDS
 from pipeline.config.policy import DAY_MS, Policy
 from pipeline.config.settings import Settings
-from pipeline.ingest import fastlog, limits
+from pipeline.ingest import fastlog, limits, replay
 from pipeline.ingest.buffer import (
     Buffer,
     Origin,
@@ -130,6 +130,9 @@ class Admission:
         taken = _Chunk(self.logs_decoder, self.logs_fast)  # messages the native decoder took, as runs
         max_records, max_bytes = self.settings.message_max_records, self.settings.decode_max_bytes
         budget_bytes, decoded_bytes, n_decoded, done = self.settings.poll_max_bytes, 0, 0, 0
+        # replayed dead letters (``ingest/replay.py``): rare, each its own chunk with original coordinates
+        replays: list[tuple[str, _Chunk]] = []
+        with_headers = bool(messages) and hasattr(messages[0], "headers")
         for msg in messages:
             if done and (decoded_bytes >= budget_bytes or n_decoded >= POLL_RECORDS):
                 break
@@ -138,6 +141,11 @@ class Admission:
             chunk = chunks[topic]
             value = msg.value()
             chunk.messages += 1
+            if with_headers and (replayed := replay.of(msg.headers())) is not None:  # type: ignore[attr-defined]
+                decoded_bytes += len(value or b"")
+                n_decoded += self._take_replay(msg, topic, replayed, replays)
+                next_offsets[(topic, partition)] = offset + 1
+                continue
             skip = self.skip.get((topic, partition)) if self.skip else None
             if skip is not None and offset > skip[1]:
                 del self.skip[(topic, partition)]
@@ -201,7 +209,35 @@ class Admission:
                                                                 columnar.get(topic, 0))
             if chunk.records:
                 self._admit(topic, chunk, now_ms)
+        for topic, chunk in replays:
+            if chunk.records:
+                self._check_patterns(topic, chunk)
+            self.metrics.records_consumed.labels(topic).inc(len(chunk.records) + chunk.rejected)
+            if chunk.records:
+                self._admit(topic, chunk, now_ms)
         return done
+
+    def _take_replay(self, msg: Message, topic: str, r: replay.Replay, out: list[tuple[str, _Chunk]]) -> int:
+        """A message ``imtel deadletters replay`` produced: its records get their original coordinates
+        (``Replay.index_of``), in a chunk of their own; returns the records it held. Never skipped by
+        the crash recovery's skip set (that holds coordinates of this partition): the writer's lookup
+        of the original coordinates makes a replay idempotent instead."""
+        logs = topic == self.settings.topic_request_logs
+        chunk = _Chunk(self.logs_decoder if logs else self.samples_decoder,
+                       self.logs_fast if logs else self.samples_fast)
+        chunk.topic_id, chunk.replay = r.topic_id, r
+        chunk.msgs = {(r.partition, r.offset): msg}
+        out.append((topic, chunk))
+        value = msg.value()
+        why = limits.oversize(value, self.settings.decode_max_bytes, self.settings.message_max_records)
+        if why is not None:
+            chunk.rejected += 1
+            self._dead(Reject(WHOLE_MESSAGE, *why, value or b""),
+                       Origin(topic, r.topic_id, r.partition, r.offset, r.index), msg.key(), None, replay=r.count)
+            return 1
+        decoded = chunk.strict.decode(value)
+        self._process_slow(msg, topic, r.partition, r.offset, decoded, None, chunk)
+        return len(decoded.items) + len(decoded.rejects)
 
     def _admit_taken(self, topic: str, taken: _Chunk, chunk: _Chunk, messages: list[Message], now_ms: int) -> int:
         """Rows the native decoder took, judged by the same per-batch rules as ``_admit`` (interface
@@ -252,18 +288,20 @@ class Admission:
     def _process_slow(self, msg: Message, topic: str, partition: int, offset: int, decoded: Decoded[Any],
                       skip: tuple[set[tuple[int, int]], int] | None, chunk: _Chunk) -> None:
         """A message with invalid records, or on a partition replayed after a crash (skip set)."""
-        topic_id, key = self.topic_ids.get(topic, topic), msg.key()
+        topic_id, key = chunk.topic_id or self.topic_ids.get(topic, topic), msg.key()
         value = msg.value()
+        r, count = chunk.replay, chunk.replay.count if chunk.replay is not None else 0
         for reject in decoded.rejects:
             chunk.rejected += 1
-            self._dead(reject, Origin(topic, topic_id, partition, offset, reject.index), key, skip, value)
+            index = reject.index if r is None else r.index_of(reject.index)
+            self._dead(reject, Origin(topic, topic_id, partition, offset, index), key, skip, value, replay=count)
         for index, record in decoded.records:
             if skip and (offset, index) in skip[0]:
                 self.metrics.records_skipped.labels(topic).inc()
                 chunk.rejected += 1  # counted as consumed, not stored again
                 continue
             chunk.records.append(record)
-            chunk.add_run(partition, offset, index, 1)
+            chunk.add_run(partition, offset, index if r is None else r.index_of(index), 1)
 
     def _check_patterns(self, topic: str, chunk: _Chunk) -> None:
         """The ``interface`` pattern for the whole chunk at once (RE2, see ``records.loose``). Messages
@@ -300,10 +338,14 @@ class Admission:
         if bad.any():
             nets = self._reject_rows(topic, chunk, bad, times, now_ms, nets)
             times = times[~bad]
-        topic_id = self.topic_ids.get(topic, topic)
+        topic_id = chunk.topic_id or self.topic_ids.get(topic, topic)
         if not chunk.records:
             return
         partitions, offsets, indices = chunk.coordinates()
+        if chunk.replay is not None:  # the writer drops those already stored (``ingest/replay.py``)
+            self.buffer.replayed.setdefault("request_logs" if is_logs else "monitoring_samples", set()).update(
+                (topic_id, p, o, i) for p, o, i in zip(partitions.tolist(), offsets.tolist(), indices.tolist(),
+                                                       strict=True))
         if is_logs:
             assert nets is not None
             self.buffer.add_logs(log_batch(chunk.records, times, nets, topic_id, partitions, offsets, indices,
@@ -322,7 +364,8 @@ class Admission:
     def _reject_rows(self, topic: str, chunk: _Chunk, bad: np.ndarray, times: np.ndarray, now_ms: int,
                      nets: pa.Array | None) -> pa.Array | None:
         """Dead-letter the rows that fail the event-time, IP or consistency rule; keep the others."""
-        topic_id = self.topic_ids.get(topic, topic)
+        topic_id = chunk.topic_id or self.topic_ids.get(topic, topic)
+        count = chunk.replay.count if chunk.replay is not None else 0
         max_age = self.max_age_ms[topic]
         partitions, offsets, indices = chunk.coordinates()
         for i in np.flatnonzero(bad).tolist():
@@ -332,17 +375,18 @@ class Admission:
             origin = Origin(topic, topic_id, int(partitions[i]), int(offsets[i]), int(indices[i]))
             raw = msgspec.json.encode(chunk.records[i])
             msg = chunk.message(topic, origin.partition, origin.offset)
-            self.buffer.add_dead(Reject(origin.index, reason, DETAILS[reason], raw), origin, msg.key(), msg.value())
+            self.buffer.add_dead(Reject(origin.index, reason, DETAILS[reason], raw), origin, msg.key(), msg.value(),
+                                 replay=count)
         keep = ~bad
         chunk.keep(keep)
         return None if nets is None else nets.filter(pa.array(keep))
 
     def _dead(self, reject: Reject, origin: Origin, key: bytes | None,
-              skip: tuple[set[tuple[int, int]], int] | None, message: bytes | None = None) -> None:
+              skip: tuple[set[tuple[int, int]], int] | None, message: bytes | None = None, replay: int = 0) -> None:
         if skip and (origin.offset, origin.index) in skip[0]:
             self.metrics.records_skipped.labels(origin.topic).inc()
             return
-        self.buffer.add_dead(reject, origin, key, message)
+        self.buffer.add_dead(reject, origin, key, message, replay)
 
     # -- flushing ---------------------------------------------------------------------------------
     def should_flush(self, idle: bool = False) -> bool:
@@ -405,8 +449,10 @@ class _Chunk:
         "partitions",
         "records",
         "rejected",
+        "replay",
         "source",
         "strict",
+        "topic_id",
     )
 
     def __init__(self, strict: Decoder[Any], fast: Decoder[Any]) -> None:
@@ -424,6 +470,8 @@ class _Chunk:
         self.interface: pa.Array | None = None  # the checked interface column, when still valid
         self.messages = 0
         self.rejected = 0
+        self.topic_id: str | None = None  # set for a replayed message: its records' original topic id
+        self.replay: replay.Replay | None = None  # set for a replayed message (``ingest/replay.py``)
 
     def add_run(self, partition: int, offset: int, first: int, count: int) -> None:
         """``count`` records appended to ``records``: elements ``first``.. of one message."""

@@ -38,7 +38,8 @@ SAMPLE_SCHEMA = pa.schema([
 DEAD_LETTER_SCHEMA = pa.schema([
     ("src_topic", pa.string()), ("src_topic_id", pa.string()), ("src_partition", pa.uint16()),
     ("src_offset", pa.uint64()), ("src_index", pa.int32()), ("reason", pa.string()), ("detail", pa.string()),
-    ("payload_bytes", pa.uint32()), ("ingest_batch", pa.uint64()),
+    ("payload_bytes", pa.uint32()), ("ingest_batch", pa.uint64()), ("sdk_app_id", pa.uint32()),
+    ("replay_count", pa.uint8()),
 ])
 
 
@@ -63,6 +64,7 @@ class DeadLetter:
     raw: bytes
     key: bytes | None
     message: bytes | None = None  # the whole original message value (a reference: see ``limits.plan_letters``)
+    replay: int = 0  # replays of this record so far (``ingest/replay.py``): 0 for a first failure
 
 
 def new_batch_id() -> int:
@@ -172,6 +174,10 @@ class Buffer:
     rejected: list[DeadLetter] = field(default_factory=list)  # rows ClickHouse refused (bad data)
     held: int = 0  # bytes the dead letters keep alive (payloads, referenced messages): a flush trigger
     held_messages: set[int] = field(default_factory=set)  # ids of the message values counted in ``held``
+    # original coordinates of the replayed rows buffered, per raw table (``ingest/replay.py``)
+    replayed: dict[str, set[tuple[str, int, int, int]]] = field(default_factory=dict)
+    replay_stored: dict[str, set[tuple[Any, ...]]] = field(default_factory=dict)  # of those, already stored
+    replay_outcomes: dict[tuple[str, str], int] = field(default_factory=dict)  # (topic, outcome) -> records
 
     def __len__(self) -> int:
         return self.records
@@ -193,8 +199,9 @@ class Buffer:
             self.samples.append(batch)
             self.records += batch.num_rows
 
-    def add_dead(self, reject: Reject, o: Origin, key: bytes | None, message: bytes | None = None) -> None:
-        self.dead.append(DeadLetter(o, reject.reason, reject.detail, reject.raw, key, message))
+    def add_dead(self, reject: Reject, o: Origin, key: bytes | None, message: bytes | None = None,
+                 replay: int = 0) -> None:
+        self.dead.append(DeadLetter(o, reject.reason, reject.detail, reject.raw, key, message, replay))
         self.held += len(reject.raw)
         if message is not None and id(message) not in self.held_messages:
             self.held_messages.add(id(message))
@@ -226,4 +233,13 @@ def dead_letter_table(letters: Sequence[DeadLetter], batch_id: int) -> pa.Table:
         "src_partition": [x.origin.partition for x in d], "src_offset": [x.origin.offset for x in d],
         "src_index": [x.origin.index for x in d], "reason": [x.reason for x in d],
         "detail": [x.detail for x in d], "payload_bytes": [len(x.raw) for x in d],
-        "ingest_batch": [batch_id] * len(d)}, schema=DEAD_LETTER_SCHEMA)
+        "ingest_batch": [batch_id] * len(d), "sdk_app_id": [app_of(x.key) for x in d],
+        "replay_count": [min(x.replay, 255) for x in d]}, schema=DEAD_LETTER_SCHEMA)
+
+
+def app_of(key: bytes | None) -> int:
+    """The sdk_app_id a message key names (the topics are keyed by it), 0 when it names none."""
+    if key and len(key) <= 10 and key.isdigit():
+        app = int(key)
+        return app if app <= 0xFFFFFFFF else 0
+    return 0

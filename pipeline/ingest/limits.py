@@ -125,7 +125,7 @@ def plan_letters(letters: Sequence[DeadLetter], per_message: int) -> list[Outgoi
         whole = DeadLetter(Origin(o.topic, o.topic_id, o.partition, o.offset, WHOLE_MESSAGE), "many_invalid",
                            f"{len(group)} invalid records in the message ({summary}); first at index {o.index}: "
                            f"{first.detail}"[:500], first.message if first.message is not None else first.raw,
-                           first.key)
+                           first.key, replay=first.replay)
         out.append(Outgoing(whole, group))
     return out
 

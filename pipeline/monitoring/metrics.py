@@ -177,6 +177,11 @@ class Metrics:
         self.dead_letters_refused = Counter("imtel_dead_letters_refused_total",
                                             "Dead letters Kafka refused permanently (e.g. MSG_SIZE_TOO_LARGE): "
                                             "recorded in the ledger only, never retried.", ["error"], registry=r)
+        self.replayed_records = Counter("imtel_replayed_records_total",
+                                        "Records that arrived replayed from the dead letters (imtel deadletters "
+                                        "replay), by outcome: stored, duplicate (already stored: dropped), dead "
+                                        "(invalid again: a dead letter with its replay count).",
+                                        ["topic", "outcome"], registry=r)
         self.write_failing_since = Gauge("imtel_write_failing_since_timestamp_seconds",
                                          "Unix time since which the write in flight keeps failing (0: writes "
                                          "succeed).", registry=r)

@@ -11,8 +11,8 @@ from disk, not only hidden):
 What cannot be deleted selectively, and is said so in the report: the Kafka topics. Kafka deletes
 whole segments by age, never single records, so the app's raw records (and its dead letters, which
 keep the original bytes) stay on the topics until their retention removes them; the report gives the
-latest time. The ``dead_letters`` ledger table has neither an app id nor personal data (reason, rule,
-Kafka coordinates), so there is nothing of the app to find there. The ``applications`` row is
+latest time. The ``dead_letters`` ledger table holds the app id (migration 008) but no personal data
+(reason, rule, Kafka coordinates): it is left to its TTL. The ``applications`` row is
 configuration, not personal data of end users: terminate the app to have it deleted (60 days later).
 
 Every run writes one ``erasure_log`` row per table (when, app, scope, rows before/deleted, requester
@@ -87,7 +87,8 @@ def kafka_notes(topics: dict[str, str], policy: Policy, now: datetime) -> list[s
             notes.append(f"Kafka topic {name}: records of this app cannot be deleted one by one (Kafka "
                          f"deletes whole segments); they expire by retention, by {until:%Y-%m-%d %H:%M} UTC "
                          "at the latest")
-    notes.append("dead_letters table: holds no app id and no personal data, nothing to erase")
+    notes.append("dead_letters table: holds the app id but no personal data (reason, rule, coordinates); left to "
+                 "its TTL")
     notes.append("applications: the app's configuration is kept; terminate the app to have it deleted "
                  "after the Configuration Data period")
     return notes

@@ -16,7 +16,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import pyarrow as pa
@@ -155,6 +155,22 @@ class ClickHouseStore:
             "AND src_partition = {p:UInt16} AND src_offset >= {o:UInt64}",
             {"t": topic_id, "p": partition, "o": committed}).result_rows
         return {(int(r[0]), int(r[1])) for r in rows}
+
+    def stored_keys(self, table: str, keys: Collection[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
+        """Which of ``keys`` (src_topic_id, src_partition, src_offset, src_index, and for the ledger
+        replay_count) ``table`` holds: one query narrowed by topic id, partition and offset (the
+        src_offset minmax index), matched exactly here. Used for replayed records (``ingest/replay.py``)."""
+        if not keys:
+            return set()
+        ledger = table == "dead_letters"
+        params = {"t": sorted({str(k[0]) for k in keys}), "p": sorted({int(k[1]) for k in keys}),
+                  "o": sorted({int(k[2]) for k in keys})}
+        rows = self.query(
+            f"SELECT DISTINCT src_topic_id, src_partition, src_offset, src_index{', replay_count' if ledger else ''} "
+            f"FROM {self.db}.{table} WHERE src_topic_id IN {{t:Array(String)}} AND src_partition IN "
+            "{p:Array(UInt16)} AND src_offset IN {o:Array(UInt64)}", params).result_rows
+        found = {(str(r[0]), int(r[1]), int(r[2]), int(r[3]), *((int(r[4]),) if ledger else ())) for r in rows}
+        return found & {tuple(k) for k in keys}
 
     def ping(self) -> bool:
         try:

@@ -2,7 +2,9 @@
 
 Headers (all ASCII): ``imtel-reason`` (closed set, see ``decode.REASONS``), ``imtel-detail`` (field and
 rule, never a value), ``imtel-source-topic``/``-topic-id``/``-partition``/``-offset``/``-index``
-(index -1: the whole message), and ``imtel-original-bytes``/``-original-sha256``/``-truncated``: the
+(index -1: the whole message), ``imtel-replay-count`` on a replayed record that failed again (its
+source coordinates are then the original ones, see ``ingest/replay.py``), and
+``imtel-original-bytes``/``-original-sha256``/``-truncated``: the
 value is the original bytes up to ``IMTEL_DEAD_LETTER_MAX_BYTES``, so a letter is never larger than
 what the producer and the topic accept. The source coordinates are also the dedup key for DLQ
 consumers, and the reference to the full original, which stays on the source topic for its retention.
@@ -24,6 +26,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from pipeline.config.kafka import produce_blocking
 from pipeline.ingest.buffer import DeadLetter
 from pipeline.ingest.limits import cut, permanent
+from pipeline.ingest.replay import REPLAY_COUNT
 
 
 class DeadLetterError(Exception):
@@ -65,6 +68,8 @@ class KafkaDeadLetters:
                 ("imtel-source-partition", str(o.partition).encode()),
                 ("imtel-source-offset", str(o.offset).encode()), ("imtel-source-index", str(o.index).encode()),
                 *described]
+            if letter.replay:  # a replayed record that failed again (``ingest/replay.py``)
+                headers.append((REPLAY_COUNT, str(letter.replay).encode()))
             try:
                 produce_blocking(self.producer, self.topic, value, letter.key, wait=0.1, headers=headers,
                                  on_delivery=on_delivery(i))

@@ -9,7 +9,7 @@ an edit of the writer.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -63,6 +63,10 @@ class Store(Protocol):
 
     def dead_letters_stored(self, topic_id: str, partition: int, committed: int) -> set[tuple[int, int]]:
         """Records already in the dead-letter ledger at or past the committed offset."""
+
+    def stored_keys(self, table: str, keys: Collection[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
+        """Which of ``keys`` (src_topic_id, src_partition, src_offset, src_index[, replay_count for the
+        ledger]) ``table`` already holds: the lookup that makes a replayed record stored once."""
 
 
 class DeadLetterSink(Protocol):

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config.settings import Settings
-from pipeline.ingest import limits
+from pipeline.ingest import limits, replay
 from pipeline.ingest.buffer import Buffer, DeadLetter, Origin, dead_letter_table, new_batch_id
 from pipeline.monitoring import sli
 from pipeline.monitoring.metrics import LATENCY_BUCKETS_S, Metrics
@@ -70,10 +70,13 @@ class Writer:
         acknowledged, down to the row ranges of a split insert), so a retried write never stores a
         row or a dead letter twice."""
         b.batch_id = b.batch_id or new_batch_id()
+        self._replays_stored(b)
         self._send_dead(b, b.dead, "dead")
         if "tables" not in b.done:
             b.tables = {LOGS.name: b.log_table(b.batch_id), SAMPLES.name: b.sample_table(b.batch_id)}
             b.logs, b.samples = [], []
+            if b.replayed:
+                self._drop_replayed(b)
             b.done.add("tables")
         for raw in (LOGS, SAMPLES):
             table = b.tables[raw.name]
@@ -89,8 +92,52 @@ class Writer:
         self._send_dead(b, b.rejected, "rejected")
         if "metrics" not in b.done:
             self._after_write(b.tables[LOGS.name])
+            for (topic, outcome), n in b.replay_outcomes.items():
+                self.metrics.replayed_records.labels(topic, outcome).inc(n)
             b.done.add("metrics")
         return dict(b.next_offsets)
+
+    def _replays_stored(self, b: Buffer) -> None:
+        """For a buffer holding replayed records (``ingest/replay.py``), once per write: which of their
+        original coordinates are already stored, per table (one lookup each), and the replayed dead
+        letters already in the ledger with the same replay count, which are dropped here."""
+        if "replays" in b.done or not (b.replayed or any(x.replay for x in b.dead)):
+            return
+        b.replay_stored = {name: self.store.stored_keys(name, keys) for name, keys in b.replayed.items() if keys}
+        again = [x for x in b.dead if x.replay]
+        if again and "dead" not in b.done:
+            keys = {(x.origin.topic_id, x.origin.partition, x.origin.offset, x.origin.index, x.replay) for x in again}
+            known = self.store.stored_keys("dead_letters", keys)
+            seen: set[tuple[Any, ...]] = set()
+            kept: list[DeadLetter] = []
+            for x in b.dead:
+                k = (x.origin.topic_id, x.origin.partition, x.origin.offset, x.origin.index, x.replay)
+                if x.replay and (k in known or k in seen):
+                    continue
+                seen.add(k)
+                kept.append(x)
+                if x.replay:
+                    b.replay_outcomes[(x.origin.topic, "dead")] = b.replay_outcomes.get((x.origin.topic, "dead"), 0) + 1
+            b.dead = kept
+        b.done.add("replays")
+
+    def _drop_replayed(self, b: Buffer) -> None:
+        """Drop replayed rows already stored, or repeated in this buffer (``replay.drop_mask``)."""
+        for raw in (LOGS, SAMPLES):
+            keys = b.replayed.get(raw.name)
+            if not keys:
+                continue
+            table = b.tables[raw.name]
+            known = b.replay_stored.get(raw.name, set())
+            drop = replay.drop_mask(table, keys, known)
+            topic = self.settings.topic_request_logs if raw is LOGS else self.settings.topic_monitoring_samples
+            dropped = int(drop.sum())
+            if dropped:
+                b.tables[raw.name] = table.filter(pa.array(~drop))
+                log.info("%d replayed records of %s were already stored: not stored again", dropped, raw.name)
+            for outcome, n in (("duplicate", dropped), ("stored", len(keys - known))):
+                if n > 0:
+                    b.replay_outcomes[(topic, outcome)] = b.replay_outcomes.get((topic, outcome), 0) + n
 
     def _send_dead(self, b: Buffer, letters: list[DeadLetter], step: str) -> None:
         """Dead letters to Kafka (acknowledged), then to the ledger: each once per flush."""

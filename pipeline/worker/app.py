@@ -9,7 +9,8 @@
   and ClickHouse reachable); behind a bearer token (``web_guard``), the data endpoints ``/queries/{name}``
   (named queries, so a second terminal can read the embedded store while this process owns it),
   ``/report`` (the incident-review HTML report), ``/audit``, ``/apps`` and (embedded store only)
-  ``POST /erase`` for the retention CLI commands. They read through their own read-only client
+  ``POST /erase`` for the retention CLI commands, ``/deadletters`` (ledger counts) for
+  ``imtel deadletters``. They read through their own read-only client
   (``WebReads``), never under the inserts' lock. faust's own pages (``/``, ``/router``, ``/table``...) are off;
 - timer ``app_retention``: deletes rows past an app's own shorter retention (pipeline/ops/registry.py).
 """
@@ -53,7 +54,7 @@ from pipeline.worker.processor import Processor
 log = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})  # no personal data: scrapers and probes need no token
-DATA_PATHS = re.compile(r"/(queries/[A-Za-z0-9_]{1,64}|report|audit|apps|erase)")  # our pages that need the token
+DATA_PATHS = re.compile(r"/(queries/[A-Za-z0-9_]{1,64}|report|audit|apps|erase|deadletters)")  # need the token
 TOKEN_FILE = "worker.token"  # in IMTEL_DATA_DIR; the CLI (pipeline/cli.py) reads the same name
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 
@@ -362,6 +363,23 @@ def _register_web(app: faust.App, p: Pipeline, reads: WebReads) -> None:
             except InsertError as exc:
                 return self.json({"error": str(exc)}, status=503)
             return self.json(result.as_dict())
+
+    @app.page("/deadletters")
+    class DeadLetters(View):
+        """Counts from the dead-letter ledger (``imtel deadletters list``): reasons, topics, apps, counts."""
+
+        async def get(self, request: Request) -> Response:
+            from pipeline.ops import deadletters
+
+            try:
+                req = deadletters.parse_list_request(dict(request.query))
+                result = await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: deadletters.list_counts(reads.data(), req))
+            except deadletters.DeadLetterError as exc:
+                return self.json({"error": str(exc)}, status=400)
+            except InsertError as exc:
+                return self.json({"error": str(exc)}, status=503)
+            return self.json(result)
 
     @app.page("/report")
     class Report(View):

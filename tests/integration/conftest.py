@@ -21,11 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.dev import embedded
 from pipeline.dev.kafka_server import KafkaServer
+from pipeline.dev.ports import free_port
 from tests.support.brokers import BrokerProcess
-
-free_port = embedded.free_port  # ports outside the ephemeral range: see its docstring
 
 # A killed worker's partitions move after the group's session timeout, which the KIP-848 protocol
 # keeps on the broker: 6 s (with 1 s heartbeats) keeps the crash, scale-out and rebalance tests short.

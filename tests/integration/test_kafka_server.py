@@ -28,7 +28,7 @@ from tests.support.kafka_io import RecordingProducer, committed, read_topic
 
 pytestmark = pytest.mark.integration
 
-free_port = embedded.free_port
+from pipeline.dev.ports import free_port  # noqa: E402
 
 
 @pytest.fixture

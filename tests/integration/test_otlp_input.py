@@ -58,9 +58,10 @@ def test_otlp_logs_are_stored_once_minimised_and_unmappable_records_dead_lettere
     producer = RecordingProducer(s.kafka_bootstrap)
     expected: dict[str, dict[str, Any]] = {}
     unmappable: dict[str, str] = {}
-    sent_bytes: dict[tuple[str, int], bytes] = {}
     seq = 0
-    for encoding in ("otlp_proto", "otlp_json"):
+
+    def send(encoding: str) -> None:
+        nonlocal seq
         for _ in range(MESSAGES):
             records = request_records(PER_MESSAGE, now_ns, seq)
             payload = encode(sdk_request(records, {"cloud.region": "ap-singapore"}), encoding)
@@ -68,14 +69,20 @@ def test_otlp_logs_are_stored_once_minimised_and_unmappable_records_dead_lettere
             expected.update({d["request_id"]: d for d in mapped})
             unmappable.update({records[i]["attributes"]["im.request_id"]: reason for i, reason, _ in rejects})
             producer.send(logs, payload, str(seq % 4).encode(), (encoding, seq))
-            sent_bytes[(encoding, seq)] = payload
             seq += 1
-        if encoding == "otlp_proto":  # our own JSON beside it, on the same topic
-            producer.send(logs, msgspec.json.encode({**next(iter(expected.values())), "request_id": "own-json"}),
-                          b"0", ("json", 0))
-    producer.flush()
-    assert unmappable and all(r == "otlp_missing_app_id" for r in unmappable.values())
+        producer.flush()
 
+    send("otlp_proto")
+    producer.send(logs, msgspec.json.encode({**next(iter(expected.values())), "request_id": "own-json"}), b"0",
+                  ("json", 0))  # our own JSON beside it, on the same topic
+    first = WorkerProcess("first", pipeline_env, tmp_path).start()
+    try:  # kill -9 once it has stored something: nothing it stored may be stored twice
+        wait_for(lambda: first.metric("imtel_rows_written_total", table="request_logs") > 0, 90, "first rows stored",
+                 workers=[first])
+    finally:
+        first.kill()
+    send("otlp_json")  # the rest arrives while no worker runs
+    assert unmappable and all(r == "otlp_missing_app_id" for r in unmappable.values())
     ends: dict[int, int] = {}
     for placed in producer.placed.values():
         ends[placed.partition] = max(ends.get(placed.partition, 0), placed.offset + 1)
@@ -84,15 +91,10 @@ def test_otlp_logs_are_stored_once_minimised_and_unmappable_records_dead_lettere
         got = committed_offsets(s.kafka_bootstrap, s.consumer_group, logs, s.topic_partitions)
         return all(got.get(p, 0) >= end for p, end in ends.items())
 
-    first = WorkerProcess("first", pipeline_env, tmp_path).start()
-    try:  # killed mid-stream: what it stored but did not commit must not be stored twice
-        wait_for(lambda: first.metric("imtel_rows_written_total", table="request_logs") > 0, 90, "first rows stored",
-                 workers=[first])
-    finally:
-        first.kill()
     worker = WorkerProcess("worker", pipeline_env, tmp_path).start()
     total = len(expected) + 1
     try:
+        wait_for(lambda: worker.assigned() > 0, 90, "the second worker's assignment", workers=[worker])
         wait_for(all_committed, 120, "every OTLP message committed", workers=[worker])
     finally:
         code = worker.stop(60)

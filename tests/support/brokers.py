@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.dev.embedded import free_port
 from pipeline.dev.kafka_server import KafkaServer
+from pipeline.dev.ports import free_port
 
 
 class BrokerProcess:

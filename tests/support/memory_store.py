@@ -54,6 +54,12 @@ class MemoryStore:
             self.lose_answers -= 1
             raise InsertError("ClickHouse unreachable: timed out", None, permanent=False)
 
+    def stored_keys(self, table: str, keys: Any) -> set[tuple[Any, ...]]:
+        cols = ("src_topic_id", "src_partition", "src_offset", "src_index") + (
+            ("replay_count",) if table == "dead_letters" else ())
+        held = {tuple(r[c] for c in cols) for r in self.rows(table)}
+        return held & {tuple(k) for k in keys}
+
     def rows(self, table: str) -> list[dict[str, Any]]:
         return [r for t in self.tables.get(table, []) for r in t.to_pylist()]
 

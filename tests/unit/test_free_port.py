@@ -1,4 +1,4 @@
-"""``embedded.free_port``: ports for child processes come from outside the kernel's ephemeral range,
+"""``port_pool.free_port``: ports for child processes come from outside the kernel's ephemeral range,
 so no outgoing connection can take one between choosing it and the child binding it."""
 
 from __future__ import annotations
@@ -7,12 +7,12 @@ import socket
 
 import pytest
 
-from pipeline.dev import embedded
+from pipeline.dev import ports as port_pool
 
 
 def test_ports_are_below_the_ephemeral_range_bindable_and_not_repeated() -> None:
-    spare = embedded._spare_ports()
-    ports = [embedded.free_port() for _ in range(200)]
+    spare = port_pool._spare_ports()
+    ports = [port_pool.free_port() for _ in range(200)]
     assert len(set(ports)) == len(ports)
     for port in ports[:20]:
         with socket.socket() as s:
@@ -22,7 +22,7 @@ def test_ports_are_below_the_ephemeral_range_bindable_and_not_repeated() -> None
 
 
 def test_a_port_in_use_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
-    spare = embedded._spare_ports()
+    spare = port_pool._spare_ports()
     if spare is None:
         pytest.skip("this kernel's ephemeral range leaves no room below it")
     with socket.socket() as held:
@@ -34,6 +34,6 @@ def test_a_port_in_use_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
                 continue
         held.listen()
         draws = iter([taken, taken, taken - 1000, taken - 1001, taken - 1002])
-        monkeypatch.setattr(embedded.random, "randrange", lambda a, b: next(draws))
-        port = embedded.free_port()
+        monkeypatch.setattr(port_pool.random, "randrange", lambda a, b: next(draws))
+        port = port_pool.free_port()
         assert port != taken and port in (taken - 1000, taken - 1001, taken - 1002)

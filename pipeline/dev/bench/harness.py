@@ -42,6 +42,7 @@ from pipeline.dev.bench.runner import Measurement, Program, Target, measure_pipe
 from pipeline.dev.bench.speed import SLOW_FACTOR, SpeedProbe, cpu_calibration_ms
 from pipeline.dev.bench.status import Job
 from pipeline.dev.bench.workload import Expected, Workload, messages, workload
+from pipeline.dev.ports import free_port
 
 SLOW = ("naive-faust", "quix")  # read the -short topic
 
@@ -150,7 +151,7 @@ def run(o: Options) -> dict[str, Any]:
     probe = SpeedProbe().start()
     work = o.work_dir or Path(tempfile.mkdtemp(prefix="imtel-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    port = embedded.free_port()
+    port = free_port()
     broker = embedded.start_local(o.broker, port, work)
     broker_cpu = procstat.CpuMeter(broker.pid).start()
     bootstrap = f"127.0.0.1:{port}"

@@ -37,7 +37,7 @@ from pipeline.dev.bench.broker import CommitProbe, Produced
 from pipeline.dev.bench.options import REPO
 from pipeline.dev.bench.status import Job, read_status
 from pipeline.dev.bench.workload import Expected
-from pipeline.dev.embedded import free_port
+from pipeline.dev.ports import free_port
 
 if TYPE_CHECKING:
     from pipeline.dev.bench.engine_process import EngineProcess
