@@ -330,4 +330,28 @@ def apply_cluster(client: Any, database: str, cluster: str, policy: Policy | Non
     applied = apply(client, local_database(database), cluster, policy)
     for statement in distributed_statements(database, cluster, policy):
         client.command(statement)
+    columns = "SELECT table, name, type FROM system.columns WHERE database = {d:String} ORDER BY table, position"
+    local, dist = ([tuple(r) for r in client.query(columns, parameters={"d": d}).result_rows]
+                   for d in (local_database(database), database))
+    for statement in distributed_column_fixes(local, dist, database, cluster):
+        client.command(statement)
     return applied
+
+
+def distributed_column_fixes(local: list[tuple[str, str, str]], dist: list[tuple[str, str, str]], database: str,
+                             cluster: str) -> list[str]:
+    """``ALTER ... ADD COLUMN`` for the Distributed tables, from (table, column, type) rows of
+    ``system.columns`` in apply order. A Distributed table is created once ``AS`` its local table, so
+    a column a later migration adds to the local table (e.g. 008 on ``dead_letters``) is missing from
+    it, and every insert naming that column would fail on a cluster that predates the migration."""
+    have = {(table, name) for table, name, _ in dist}
+    tables = {table for table, _, _ in dist}
+    on_cluster = engines(cluster)["on_cluster"]
+    out: list[str] = []
+    previous: dict[str, str] = {}
+    for table, name, kind in local:
+        if table in tables and (table, name) not in have:
+            after = f" AFTER {previous[table]}" if table in previous else " FIRST"
+            out.append(f"ALTER TABLE {database}.{table} {on_cluster} ADD COLUMN IF NOT EXISTS {name} {kind}{after}")
+        previous[table] = name
+    return out

@@ -46,7 +46,7 @@ def test_apply_runs_migrations_on_the_local_database_then_the_distributed_layer(
         def command(self, sql: str) -> None:
             self.commands.append(sql)
 
-        def query(self, sql: str) -> object:
+        def query(self, sql: str, parameters: object = None) -> object:
             return type("R", (), {"result_rows": []})()
 
         def insert(self, *args: object, **kwargs: object) -> None:
@@ -69,3 +69,17 @@ def test_the_worker_clickhouse_profile_makes_distributed_inserts_synchronous() -
     profile = config["users"]["imtel_worker/profile"]
     for setting, value in migrations.INSERT_SETTINGS.items():
         assert config["profiles"][f"{profile}/{setting}"] == value
+
+
+def test_columns_a_migration_adds_reach_the_distributed_tables() -> None:
+    """A cluster created before migration 008: its Distributed ``dead_letters`` lacks the new columns."""
+    local = [("dead_letters", "ingest_time", "DateTime64(3, 'UTC')"), ("dead_letters", "reason", "String"),
+             ("dead_letters", "sdk_app_id", "UInt32"), ("dead_letters", "replay_count", "UInt8"),
+             ("request_logs", "request_time", "DateTime64(3, 'UTC')"), ("schema_migrations", "version", "UInt32")]
+    dist = [("dead_letters", "ingest_time", "DateTime64(3, 'UTC')"), ("dead_letters", "reason", "String"),
+            ("request_logs", "request_time", "DateTime64(3, 'UTC')")]
+    assert migrations.distributed_column_fixes(local, dist, DB, CLUSTER) == [
+        "ALTER TABLE imtel.dead_letters ON CLUSTER 'imtel' ADD COLUMN IF NOT EXISTS sdk_app_id UInt32 AFTER reason",
+        "ALTER TABLE imtel.dead_letters ON CLUSTER 'imtel' ADD COLUMN IF NOT EXISTS replay_count UInt8 "
+        "AFTER sdk_app_id"]
+    assert migrations.distributed_column_fixes(local, local, DB, CLUSTER) == []
