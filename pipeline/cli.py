@@ -21,14 +21,11 @@ Bad arguments or settings end with one line naming the problem (exit 2), never a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
-import gc
 import io
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -40,6 +37,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pipeline.config.settings import Settings, SettingsError, cluster_problem, redact_dsn
+from pipeline.ops import worker_client
+from pipeline.ops.worker_client import WorkerError
+from pipeline.worker.run import ensure_data_dir, run_worker, setup_logging, tune_allocators
 
 if TYPE_CHECKING:
     from pipeline.dev.embedded import LocalBroker
@@ -60,45 +60,6 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(**overrides)
 
 
-class RepeatFilter(logging.Filter):
-    """Let a driver's identical message through once per ``seconds``: librdkafka and aiokafka log
-    every failed connection attempt, dozens per second while a broker is down, burying the rest."""
-
-    def __init__(self, seconds: float = 30.0) -> None:
-        super().__init__()
-        self.seconds = seconds
-        self.last: dict[str, float] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        now, key = time.monotonic(), record.getMessage()
-        if now - self.last.get(key, -self.seconds) < self.seconds:
-            return False
-        if len(self.last) > 1000:
-            self.last.clear()
-        self.last[key] = now
-        return True
-
-
-def _logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("faust", "mode", "aiokafka", "aiohttp"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level.upper())))
-    throttle_driver_logs()
-
-
-_REPEATS = RepeatFilter()
-
-
-def throttle_driver_logs() -> None:
-    """Attach the repeat filter to every driver logger that exists now (a logger's filters do not
-    apply to its children, and the faust worker replaces the root handlers, so neither a parent
-    logger nor a handler would do)."""
-    for name in [n for n in logging.Logger.manager.loggerDict if n.startswith(("aiokafka", "imtel.kafka", "kafka"))]:
-        logger = logging.getLogger(name)
-        if _REPEATS not in logger.filters:
-            logger.addFilter(_REPEATS)
-
-
 def cmd_migrate(args: argparse.Namespace) -> int:
     from pipeline.schema import migrations
     from pipeline.sinks.clickhouse import connect
@@ -106,7 +67,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     s = _settings(args)
     if problem := cluster_problem(args.cluster):  # rendered into ON CLUSTER '...': never arbitrary text
         raise UsageError(f"--cluster {problem}")
-    _ensure_data_dir(s)
+    ensure_data_dir(s)
     client = connect(s.clickhouse_url, s.clickhouse_user, s.clickhouse_password)
     cluster = args.cluster or s.clickhouse_cluster
     policy = _policy(args)
@@ -140,74 +101,9 @@ def _policy(args: argparse.Namespace) -> Any:
     return load_policy(Path(getattr(args, "policy", None) or POLICY_FILE))
 
 
-def _ensure_data_dir(s: Settings) -> None:
-    Path(s.data_dir).mkdir(parents=True, exist_ok=True)
-    if s.chdb_path is not None:
-        s.chdb_path.mkdir(parents=True, exist_ok=True)
-
-
-def _ensure_port_free(s: Settings) -> None:
-    """Fail in one line, before anything starts, when the web port is taken (faust would log a
-    traceback from deep inside its web server instead)."""
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((s.web_host, s.web_port))
-        except OSError as exc:
-            raise UsageError(f"IMTEL_WEB_PORT {s.web_port} on {s.web_host} is not available: {exc.strerror}") from None
-
-
-M_ARENA_MAX = -8  # glibc's mallopt parameter
-
-
-def tune_allocators() -> None:
-    """Keep freed memory reusable instead of resident: called first thing by the long-running
-    commands, before pyarrow is imported and before any thread starts.
-
-    glibc gives each thread that allocates its own malloc arena (up to 8 per core): librdkafka's
-    threads and the I/O pool each kept memory the others could not reuse. Arrow's default jemalloc
-    pool keeps its own freed pages on top, and the pool is chosen when pyarrow is imported. Two
-    arenas and Arrow on the system allocator took the worker's peak RSS (ClickHouse over HTTP,
-    batched workload) from ~320 to ~260 MB at the same throughput (``imtel bench --contenders
-    pipeline-http``). An explicit ARROW_DEFAULT_MEMORY_POOL is kept; an allocator without
-    ``mallopt`` (musl) is left as it is."""
-    import ctypes
-
-    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).mallopt(M_ARENA_MAX, 2)
-
-
-def run_worker(s: Settings, live_output: bool = False) -> int:
-    """Build the pipeline and run the faust worker until SIGINT/SIGTERM."""
-    from faust.worker import Worker
-
-    from pipeline.schema import migrations
-    from pipeline.worker.app import build
-
-    _ensure_data_dir(s)
-    _ensure_port_free(s)
-    pipeline = build(s, live_output=live_output)
-    throttle_driver_logs()  # now that faust imported aiokafka
-    if not s.clickhouse_cluster:  # on a cluster the migration Job (imtel migrate --cluster) does it
-        migrations.apply(pipeline.store.client, s.clickhouse_database)
-    # The hot path allocates many short-lived lists; everything built so far lives as long as the
-    # process. Freezing it and collecting less often saved ~10% of the processor's CPU on 300k records,
-    # without letting garbage grow: cycles are still collected.
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
-    worker = Worker(pipeline.app, pipeline.source, loglevel=s.log_level if s.log_level != "warning" else "warn",
-                    quiet=True, redirect_stdouts=False)
-    try:
-        worker.execute_from_commandline()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
 def cmd_worker(args: argparse.Namespace) -> int:
     s = _settings(args)
-    _logging(s.log_level)
+    setup_logging(s.log_level)
     from pipeline.schema.topics import ensure_topics
 
     ensure_topics(s)
@@ -222,7 +118,7 @@ def cmd_embedded(args: argparse.Namespace) -> int:
     kind = args.broker or s.embedded_broker
     if kind == "tansu":
         s = embedded.for_tansu(s, dict(os.environ))
-    _logging(s.log_level if s.log_level != "info" else "warning")
+    setup_logging(s.log_level if s.log_level != "info" else "warning")
     host, _, port = s.kafka_bootstrap.partition(":")
     if host not in ("127.0.0.1", "localhost") or "," in s.kafka_bootstrap:
         raise UsageError("embedded mode starts its own broker on loopback: IMTEL_KAFKA_BOOTSTRAP must be "
@@ -288,74 +184,13 @@ def cmd_query(args: argparse.Namespace) -> int:
     s = _settings(args)
     raw = _key_values(args.param)
     params = queries.parse_params(args.name, raw)
-    result = _query_via_worker(s, args.name, raw)
+    # a running worker owns an embedded store: ask it first
+    result = worker_client.ask(s, f"/queries/{args.name}?{urllib.parse.urlencode(raw)}",
+                               timeout=s.web_query_timeout_seconds + 10)
     if result is None:
-        from pipeline.monitoring.metrics import Metrics
-        from pipeline.sinks.clickhouse import ClickHouseStore, connect
-
-        store = ClickHouseStore(connect(s.clickhouse_url, s.clickhouse_user, s.clickhouse_password),
-                                s.clickhouse_database, Metrics())
-        result = queries.run(store, args.name, params).as_dict()
+        result = queries.run(worker_client.direct_store(s), args.name, params).as_dict()
     print(_render(result, args.format), end="")
     return 0
-
-
-def _query_via_worker(s: Settings, name: str, raw: dict[str, str]) -> dict[str, Any] | None:
-    """Ask a running worker (it owns the embedded store); None when none answers."""
-    answer = _worker_call(s, f"/queries/{name}?{urllib.parse.urlencode(raw)}", timeout=s.web_query_timeout_seconds + 10)
-    return None if answer is None else dict(json.loads(answer))
-
-
-WORKER_TOKEN_FILE = "worker.token"  # pipeline.worker.app.TOKEN_FILE (not imported: that would load faust)
-OPEN_WORKER_PATHS = ("/metrics", "/healthz", "/readyz")
-
-
-def _worker_token(s: Settings) -> str | None:
-    """The token of the worker's data endpoints, found without the user typing it: IMTEL_WEB_TOKEN(_FILE),
-    else the per-run file the worker wrote into IMTEL_DATA_DIR (0600, so only its user reads it). None
-    when there is neither: no worker of this data folder has run."""
-    if s.web_token:
-        return s.web_token
-    try:
-        return (Path(s.data_dir) / WORKER_TOKEN_FILE).read_text(encoding="utf-8").strip() or None
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def _worker_url(s: Settings, path: str) -> str:
-    """URL of ``path`` on the worker's web port: a wildcard bind (0.0.0.0, ::) is reached on loopback, whose
-    name the worker answers (it refuses other Host names on its data endpoints)."""
-    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(s.web_host, s.web_host)
-    return f"http://{f'[{host}]' if ':' in host else host}:{s.web_port}{path}"
-
-
-def _worker_call(s: Settings, path: str, body: dict[str, Any] | None = None, timeout: float = 300) -> bytes | None:
-    """GET ``path`` (or POST ``body`` as JSON) on a running worker, with its token: the raw answer, or None
-    when no worker answers (or, for a data endpoint, no token exists to ask one with). An error the
-    worker returns is a one-line UsageError."""
-    headers = {"Content-Type": "application/json"}
-    if not path.startswith(OPEN_WORKER_PATHS):
-        token = _worker_token(s)
-        if token is None:
-            return None
-        headers["Authorization"] = f"Bearer {token}"
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(_worker_url(s, path), data=data, method="GET" if body is None else "POST",
-                                     headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            return bytes(resp.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            message = str(json.loads(exc.read()).get("error", exc))
-        except ValueError:
-            message = f"the worker on port {s.web_port} answered {exc.code} for {path.split('?')[0]}"
-        if exc.code == 401:
-            message += (f" (the worker on port {s.web_port} refused the token of {s.data_dir}/{WORKER_TOKEN_FILE}: "
-                        "is it another pipeline's worker? use its IMTEL_DATA_DIR or IMTEL_WEB_TOKEN)")
-        raise UsageError(message) from None
-    except (urllib.error.URLError, OSError):
-        return None
 
 
 def _key_values(params: list[str]) -> dict[str, str]:
@@ -389,13 +224,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     raw = {"app": args.app, **({"from": args.from_} if args.from_ else {}), **({"to": args.to} if args.to else {})}
     req = report.parse_request(raw)  # absolute from here on: every section covers the same range
     absolute = {"app": str(req.app), "from": req.start.isoformat(), "to": req.end.isoformat()}
-    html = _report_via_worker(s, absolute)
+    answer = worker_client.call(s, f"/report?{urllib.parse.urlencode(absolute)}", timeout=120)
+    html = None if answer is None else answer.decode("utf-8")
     if html is None:  # no worker owns the store: open it here
-        from pipeline.monitoring.metrics import Metrics
-        from pipeline.sinks.clickhouse import ClickHouseStore, InsertError, connect
+        from pipeline.sinks.clickhouse import InsertError
 
-        store = ClickHouseStore(connect(s.clickhouse_url, s.clickhouse_user, s.clickhouse_password),
-                                s.clickhouse_database, Metrics())
+        store = worker_client.direct_store(s)
         try:
             html = report.render(report.collect(report.store_runner(store), req))
         except InsertError as exc:
@@ -412,43 +246,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_via_worker(s: Settings, raw: dict[str, str]) -> str | None:
-    """The report rendered by a running worker (it owns the embedded store); None when none answers."""
-    answer = _worker_call(s, f"/report?{urllib.parse.urlencode(raw)}", timeout=120)
-    return None if answer is None else answer.decode("utf-8")
-
-
-def _ask_worker(s: Settings, path: str, body: dict[str, Any] | None = None) -> Any:
-    """GET (or POST ``body`` as JSON) a running worker's web port: with the embedded store only the
-    worker may open it. None when no worker answers; an error it returns is a one-line UsageError."""
-    answer = _worker_call(s, path, body)
-    return None if answer is None else json.loads(answer)
-
-
-def _direct_store(s: Settings) -> Any:
-    from pipeline.monitoring.metrics import Metrics
-    from pipeline.sinks.clickhouse import ClickHouseStore, connect
-
-    return ClickHouseStore(connect(s.clickhouse_url, s.clickhouse_user, s.clickhouse_password),
-                           s.clickhouse_database, Metrics())
-
-
-def _from_store(s: Settings, path: str, direct: Any, body: dict[str, Any] | None = None) -> Any:
-    """Ask the running worker when the store is embedded, else (or when none runs) call ``direct(store)``."""
-    if s.embedded_store:
-        answer = _ask_worker(s, path, body)
-        if answer is not None:
-            return answer
-    return direct(_direct_store(s))
-
-
 def cmd_audit(args: argparse.Namespace) -> int:
     from pipeline.ops import audit
     from pipeline.schema.topics import topic_specs
 
     s, policy = _settings(args), _policy(args)
     specs = topic_specs(s, policy)
-    tables = _from_store(s, "/audit", lambda store: audit.table_facts(store, s.clickhouse_cluster))
+    tables = worker_client.from_store(s, "/audit", lambda store: audit.table_facts(store, s.clickhouse_cluster))
     report = audit.evaluate(tables, audit.topic_facts(s, specs), specs, policy, s.clickhouse_cluster, args.grace)
     hosts = {h.strip().rsplit(":", 1)[0] for h in s.kafka_bootstrap.split(",")}
     if hosts <= {"127.0.0.1", "localhost"}:
@@ -469,7 +273,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     erasure.check_app(args.app)
     body = {"app": args.app, "aggregates": args.aggregates, "reference": args.reference,
             "requested_by": args.requested_by or getpass.getuser()}
-    result = _from_store(s, "/erase", lambda store: erasure.erase(
+    result = worker_client.from_store(s, "/erase", lambda store: erasure.erase(
         store, args.app, aggregates=args.aggregates, requested_by=body["requested_by"], reference=args.reference,
         topics=topic_names(s), policy=policy, cluster=s.clickhouse_cluster).as_dict(), body)
     if args.format == "json":
@@ -488,7 +292,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
 def _apps(s: Settings) -> list[dict[str, Any]]:
     from pipeline.ops import registry
 
-    return list(_from_store(s, "/apps", lambda store: registry.jsonable(registry.list_apps(store))))
+    return list(worker_client.from_store(s, "/apps", lambda store: registry.jsonable(registry.list_apps(store))))
 
 
 def cmd_apps(args: argparse.Namespace) -> int:
@@ -503,10 +307,10 @@ def cmd_apps(args: argparse.Namespace) -> int:
                       args.format), end="")
         return 0
     if args.action == "enforce":
-        if s.embedded_store and _ask_worker(s, "/healthz") is not None:
+        if s.embedded_store and worker_client.ask(s, "/healthz") is not None:
             raise UsageError("the running worker enforces per-app retention every "
                              f"{registry.ENFORCE_INTERVAL_S // 60} minutes (it owns the embedded store)")
-        done = registry.enforce_app_retention(_direct_store(s), policy, s.clickhouse_cluster, wait=True)
+        done = registry.enforce_app_retention(worker_client.direct_store(s), policy, s.clickhouse_cluster, wait=True)
         print("deleted: " + ("; ".join(done) if done else "nothing due"))
         return 0
     current = {int(a["sdk_app_id"]): a for a in _apps(s)}.get(args.app_id)
@@ -593,7 +397,7 @@ def cmd_deadletters(args: argparse.Namespace) -> int:
         since = dl.parse_since(args.since)
         req = dl.ListRequest(since if since is not None else int(time.time() * 1000) - 86_400_000,
                              dl.parse_reasons(args.reason), dl.parse_bucket(args.bucket))
-        result = _from_store(s, f"/deadletters?{urllib.parse.urlencode(req.as_query())}",
+        result = worker_client.from_store(s, f"/deadletters?{urllib.parse.urlencode(req.as_query())}",
                              lambda store: dl.list_counts(store, req))
         print(_render(result, args.format), end="")
         if args.format == "table":
@@ -802,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(noisy).setLevel(logging.CRITICAL)
     try:
         return int(args.fn(args) or 0)
-    except (SettingsError, UsageError, ValueError) as exc:
+    except (SettingsError, UsageError, WorkerError, ValueError) as exc:
         print(f"imtel {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

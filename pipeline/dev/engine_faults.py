@@ -20,7 +20,7 @@ target one of them; all listeners share the one store):
 
 Every fault may carry ``match`` (a regex the statement text, never the data, must match), ``duration``
 (seconds until it expires; default: until cleared) and ``limit`` (maximal hits). Pure bookkeeping:
-the server (``engine_server``) applies them.
+the server (``pipeline.dev.engine``) applies them.
 """
 
 from __future__ import annotations

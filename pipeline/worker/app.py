@@ -120,7 +120,7 @@ def build(settings: Settings, metrics: Metrics | None = None, policy: Policy | N
         group (the registry agent's) rebalances, which would silently drop a batch."""
         return processor.process(messages)
 
-    # Started by the Worker next to the app (cli.run_worker), not as an app service: faust starts
+    # Started by the Worker next to the app (worker/run.run_worker), not as an app service: faust starts
     # app services only after its own consumer group settled, which must not gate ingestion.
     source = KafkaBatchSource(settings, processor, metrics, deliver)
     pipeline = Pipeline(app, settings, metrics, store, processor, source)

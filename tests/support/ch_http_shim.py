@@ -1,6 +1,6 @@
 """The tests' name for ``pipeline.dev.engine`` (``imtel engine``), which began here as a test shim.
 
-The server, its ClickHouse HTTP protocol and the fault injection live in ``pipeline/dev/engine.py``
+The server, its ClickHouse HTTP protocol and the fault injection live in ``pipeline/dev/engine/``
 and ``pipeline/dev/engine_faults.py``; this module re-exports what the tests use and keeps the old
 command line (``python tests/support/ch_http_shim.py --store DIR [--listeners N] --ready-file F
 [--password P]``) for tests that start it directly. That command enables the fault admin listener
