@@ -1,7 +1,7 @@
 """A real Apache Kafka broker (KRaft, loopback) for integration tests, the benchmark and ``--broker kafka``.
 
 Production runs Apache Kafka; the bundled Tansu broker (``pipeline.dev.embedded``) only looks like it
-(DESIGN §3: no retention, no compaction, memory only). Kafka's jars come from Maven Central, the one
+(no retention, no compaction, memory only). Kafka's jars come from Maven Central, the one
 place this project's machines may fetch Java code from: ``ensure_kafka`` resolves ``kafka_2.13`` and
 its runtime dependencies once with ``mvn`` and caches them per version, so every later start is
 ``java -cp libs/* kafka.Kafka server.properties`` with no network at all.

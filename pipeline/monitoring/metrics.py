@@ -25,7 +25,8 @@ from prometheus_client.registry import Collector
 from pipeline import __version__
 from pipeline.monitoring.sli import Summary
 
-# Request latency SLO thresholds (seconds): bucket edges sit exactly on them (DESIGN §4, issue 5).
+# Request latency SLO thresholds (seconds): bucket edges sit exactly on them, so an
+# SLO's good-request count is one bucket, not an interpolation.
 LATENCY_BUCKETS_S = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0)
 # Fine below 10 s, where the freshness objective (p99 <= 5 s) is judged, coarse above.
 FRESHNESS_BUCKETS_S = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 20.0, 30.0, 60.0, 300.0)

@@ -1,4 +1,4 @@
-"""Pure per-batch aggregation: no I/O, no clock, no Kafka.
+"""Per-app SLI summaries of each written batch, for the SLI metrics and the live view (pure: no I/O, no clock).
 
 ``summarize`` turns the columns of one batch into per-app summaries; summaries ``merge``
 associatively and commutatively, so per-batch summaries add up to the summary of everything (the

@@ -1,0 +1,2 @@
+"""Where admitted rows go: the delivery protocol (``writer``), its store contract (``protocol``), ClickHouse, and
+dead letters."""

@@ -1,0 +1,1 @@
+"""The worker process: the faust app, the Kafka batch consumer, the processor it drives, and the process set-up."""

@@ -1,7 +1,8 @@
-"""The faust application: agents, timers and the HTTP endpoints of one worker.
+"""The faust application of one worker: its pieces wired together, its agent, timers and HTTP endpoints.
 
-- agent ``ingest`` (on an in-memory channel): receives *batches* of Kafka messages from
-  ``KafkaBatchSource`` and buffers them through the ``Processor``;
+- ingestion: ``KafkaBatchSource`` (``consumer.py``) hands *batches* of Kafka messages to the
+  ``Processor`` (``processor.py``) on the event loop, directly, not through a faust channel (see
+  ``deliver``);
 - agent ``registry`` (on the applications topic): keeps the application registry (Configuration
   Data) in ClickHouse;
 - timers: consumer lag, oldest-row age per table, the live terminal line;

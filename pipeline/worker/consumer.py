@@ -1,10 +1,12 @@
-"""Kafka batch source: a confluent-kafka consumer that feeds message batches to a faust agent.
+"""Kafka batch source: a confluent-kafka consumer, run as a faust (mode) service, that hands message
+batches to the processor.
 
-Why not faust's own consumer: faust pays ~90 CPU-µs per event in its stream machinery (DESIGN §3);
-one faust event per *batch* of up to ``consume_max_messages`` messages keeps faust as the framework
-(agent, lifecycle, web server, timers) while the per-record path is plain Python + numpy + Arrow.
+Why not faust's own consumer: faust pays ~90 CPU-µs per event in its stream machinery (measured in
+session 1's bench, docs/performance.md); one call per *batch* of up to ``consume_max_messages``
+messages keeps faust as the framework (lifecycle, web server, timers, the registry agent) while the
+per-record path is plain Python + numpy + Arrow.
 
-The loop: poll a batch -> hand it to the agent and wait until it is buffered -> when the buffer is
+The loop: poll a batch -> hand it to the processor (``deliver``) until it is buffered -> when the buffer is
 full or old, seal it and write it on an I/O thread while the next one fills (at most one write in
 flight: that bounds memory to two buffers and keeps commits in order) -> when the write is
 acknowledged, commit its offsets. Offsets are committed *only* after ClickHouse (and Kafka, for dead
@@ -137,7 +139,7 @@ class KafkaBatchSource(Service):
         self.stop_deadline = time.monotonic() + STOP_FLUSH_S
         if self.consumer is None:
             return
-        # Cancelling is safe at any await of the loop: a batch is either fully buffered by the agent
+        # Cancelling is safe at any await of the loop: a batch is either fully buffered by the processor
         # (then flushed below) or not at all (then not committed, so re-read by the next owner).
         self._run_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

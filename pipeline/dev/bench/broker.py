@@ -1,11 +1,11 @@
 """The benchmark's Kafka side: a dedicated bundled broker, its topics, producing, and progress probes.
 
 Topics are created with explicit ``retention.ms``/``retention.bytes``/``cleanup.policy``: the bundled
-broker's DescribeConfigs answers only with configs given at creation (DESIGN §3), and Quix Streams
+broker's DescribeConfigs answers only with configs given at creation, and Quix Streams
 reads ``retention.ms`` from that answer (it raises ``KeyError: 'retention.ms'`` on an empty one).
 
 End offsets come from the producer's delivery reports, not from ListOffsets: the bundled broker's
-high watermark is the base offset of the last batch + 1, too low for batched produce (DESIGN §3).
+high watermark is the base offset of the last batch + 1, too low for batched produce.
 """
 
 from __future__ import annotations
