@@ -17,11 +17,14 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
 COPY schemas ./schemas
-# Editable, so that pipeline/config/policy.py finds schemas/ next to the package, as in the repo.
-# The import check fails the build when the decoder was skipped (setuptools builds it as optional).
-RUN pip install -e . \
- && python -c "import pipeline.ingest._fastlog" \
- && python -m compileall -q /app/pipeline
+# A plain install: the worker's dependencies only (no [embedded] extra: no chDB, no bundled broker),
+# and schemas/ inside the package (pipeline.schema.definitions). The import checks fail the build when
+# the decoder was skipped (setuptools builds it as optional) or the contracts did not ship.
+RUN pip install .
+# The checks run outside the source tree, so they import the installed package.
+WORKDIR /
+RUN python -c "import pipeline.ingest._fastlog" \
+ && python -c "from pipeline.config.policy import load_policy; load_policy()"
 
 FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 imtel \
@@ -30,7 +33,6 @@ RUN groupadd --system --gid 10001 imtel \
  && mkdir -p /var/lib/imtel \
  && chown imtel:imtel /var/lib/imtel
 COPY --from=build /opt/venv /opt/venv
-COPY --from=build /app /app
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
