@@ -18,7 +18,7 @@ from pathlib import Path
 from subprocess import Popen
 
 from pipeline.dev.bench import procstat
-from pipeline.dev.bench.runner import log_tail, spawn
+from pipeline.dev.bench.processes import log_tail, spawn
 
 
 @dataclass

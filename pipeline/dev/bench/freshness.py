@@ -21,16 +21,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.dev.bench import procstat
 from pipeline.dev.bench.broker import CommitProbe, TopicWriter, create_topics, wait_until
+from pipeline.dev.bench.processes import log_tail, spawn
 from pipeline.dev.bench.runner import (
     Measurement,
     Program,
     Target,
     job_for,
     judge,
-    log_tail,
     pipeline_env,
     scrape,
-    spawn,
     worker_cmd,
 )
 from pipeline.dev.bench.status import quantile, read_status

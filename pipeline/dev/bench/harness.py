@@ -1,18 +1,21 @@
 """``imtel bench``: one command, one run, every contender on the same data, results as JSON + tables.
 
-Sequence: start a dedicated bundled broker on a free port -> produce each workload once (the two
-workloads in parallel processes; each also into a ``-short`` topic holding its first records) ->
-for each workload run the contenders one after another, each as its own process with its own
-consumer group and a fresh chDB store -> freshness at half the pipeline's measured max rate ->
-stop the broker -> ratios, goals, the terminal table, JSON, Markdown, the README section.
+Sequence: start a dedicated broker on a free port (a real Apache Kafka node; ``--broker tansu`` for
+the bundled one) -> produce each workload once (the two workloads in parallel processes; each also
+into a ``-short`` topic holding its first records) -> for each workload run the registered
+contenders (``contenders``) in turns, each run its own process with its own consumer group and a
+fresh chDB store, until each has three runs (a slow one: or one window of 15 s; ``repeats``) -> the profiled run
+-> freshness at half the pipeline's measured max rate -> stop the broker -> medians with min-max,
+ratios, goals, the terminal table, JSON, Markdown, the README section.
 
 ``pipeline-http`` is the same worker in the production topology: it writes over HTTP to ``imtel
 engine`` in its own process (``engine_process``), so its peak RSS is the worker's alone and the
-engine's CPU and RSS are reported beside it; by default it runs on workload b only (``--http-workloads``).
+engine's CPU and RSS are reported beside it; it runs on both workloads (``--http-workloads``).
 
 The slow contenders (the naive faust agent, Quix Streams) read the ``-short`` topic: the same
-records from the start of the same stream, enough for a steady state at their speed, so the whole
-run stays within about five minutes on two cores. Each result carries its own record count.
+records from the start of the same stream (the naive agent's window lasts 15 s on them, Quix runs
+three times), so the whole run stays within about fifteen minutes on two cores. Each result carries
+its own record count.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import importlib
 import multiprocessing
 import os
 import platform
@@ -27,24 +31,26 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from pipeline.dev import embedded
-from pipeline.dev.bench import procstat, profile, report
+from pipeline.dev.bench import procstat, profile, repeats, report
 from pipeline.dev.bench.broker import Produced, TopicWriter, create_topics, wait_until
+from pipeline.dev.bench.contenders import REGISTRY, single_window_ok
 from pipeline.dev.bench.engine_process import start_engine
 from pipeline.dev.bench.freshness import Freshness, pipeline_freshness, program_freshness
-from pipeline.dev.bench.options import REPO, Options, options
-from pipeline.dev.bench.runner import Measurement, Program, Target, measure_pipeline, measure_program, spawn
+from pipeline.dev.bench.measures import programs
+from pipeline.dev.bench.options import Options, options
+from pipeline.dev.bench.processes import spawn
+from pipeline.dev.bench.runner import Measurement, Target, measure_pipeline
 from pipeline.dev.bench.speed import SLOW_FACTOR, SpeedProbe, cpu_calibration_ms
 from pipeline.dev.bench.status import Job
 from pipeline.dev.bench.workload import Expected, Workload, messages, workload
 from pipeline.dev.ports import free_port
-
-SLOW = ("naive-faust", "quix")  # read the -short topic
 
 
 # -- producing ---------------------------------------------------------------------------------------
@@ -78,60 +84,25 @@ def produce_all(bootstrap: str, ws: list[Workload], short: dict[str, int]) -> di
 
 
 # -- contenders --------------------------------------------------------------------------------------
-def programs(o: Options) -> dict[str, Program]:
-    py = sys.executable
-    quix_env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return {
-        "naive-faust": Program("naive-faust", lambda j: [py, "-m", "pipeline.dev.bench.naive_faust", str(j)], True),
-        "quix": Program("quix", lambda j: [str(o.quix_python), "-m", "pipeline.dev.bench.quix_app", str(j)], True,
-                        quix_env),
-        "limit-consume": Program("limit-consume", lambda j: [py, "-m", "pipeline.dev.bench.limit", "consume", str(j)],
-                                 False, uses_store=False),
-        "limit-insert": Program("limit-insert", lambda j: [py, "-m", "pipeline.dev.bench.limit", "insert", str(j)],
-                                False),
-    }
-
-
 def measure(o: Options, contender: str, target: Target) -> Measurement:
-    if contender == "pipeline":
-        return measure_pipeline(target, o.pipeline_env, o.timeout)
-    if contender == "pipeline-http":
-        try:
-            engine = start_engine(target.run_dir)
-        except RuntimeError as exc:
-            m = Measurement(contender, target.workload, target.produced.records)
-            m.problems.append(str(exc))
-            return m
-        return measure_pipeline(target, o.pipeline_env, o.timeout, engine=engine)
-    if contender == "quix" and not o.quix_python.exists():
-        m = Measurement("quix", target.workload, target.produced.records)
-        m.problems.append(f"not installed: {o.quix_python} is missing (`make bench` creates .venv-quix)")
-        return m
-    m = measure_program(programs(o)[contender], target, o.timeout)
-    if contender == "limit-insert" and m.extra.get("insert_seconds"):
-        # the window is the timed inserts alone; the engine's aggregation is reported beside it
-        m.finish(m.extra["insert_seconds"], m.extra.get("insert_cpu_seconds"))
-        agg = m.extra.get("aggregate_seconds") or 0.0
-        m.extra["insert_and_aggregate_records_per_s"] = round(m.records / (m.extra["insert_seconds"] + agg), 1)
-        m.notes.append("window: clickhouse-connect insert_arrow of 100k-row Arrow tables only (rows built untimed)")
-    if contender == "limit-consume":
-        m.notes.append("window: confluent-kafka consume(1000) + msgspec decode into RequestLog structs, no processing")
-    if contender in SLOW:
-        m.notes.append("reads the -short topic: the first records of the same stream")
-    return m
+    """One run of a registered contender (``contenders.REGISTRY``) on a target."""
+    module, _, function = REGISTRY[contender].measure.partition(":")
+    fn: Callable[[Options, Target], Measurement] = getattr(importlib.import_module(module), function)
+    return fn(o, target)
 
 
-def _line(m: Measurement) -> str:
+def _line(m: Measurement, run: int = 1) -> str:
     took = f"[{m.extra.get('run_wall_s', 0):.0f} s]"
+    who_run = f"{m.contender}/{m.workload}" + (f" run {run}" if run > 1 else "")
     if not m.correct:
-        return f"[bench] {m.contender}/{m.workload}: void — {'; '.join(m.problems)[:300]} {took}"
+        return f"[bench] {who_run}: void — {'; '.join(m.problems)[:300]} {took}"
     engine = m.extra.get("engine")
     who = "worker " if engine else ""
     beside = (f" + engine process CPU {engine['cpu_s_per_million'] or 0:.1f} s/M, peak RSS "
               f"{engine['peak_rss_mb']:.0f} MB" if engine else "")
-    return (f"[bench] {m.contender}/{m.workload}: {m.records:,} records in {m.seconds:.2f} s = "
+    return (f"[bench] {who_run}: {m.records:,} records in {m.seconds:.2f} s = "
             f"{m.records_per_s:,.0f}/s, {who}CPU {m.cpu_s_per_million or 0:.1f} s/M, {who}peak RSS "
-            f"{m.peak_rss_mb:.0f} MB{beside} ✓ {took}")
+            f"{m.peak_rss_mb or 0:.0f} MB{beside} ✓ {took}")
 
 
 def _fresh_line(f: Freshness) -> str:
@@ -155,7 +126,8 @@ def run(o: Options) -> dict[str, Any]:
     broker = embedded.start_local(o.broker, port, work)
     broker_cpu = procstat.CpuMeter(broker.pid).start()
     bootstrap = f"127.0.0.1:{port}"
-    results: dict[str, Any] = {"schema": 1, "generated_at": started.isoformat(timespec="seconds"),
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    results: dict[str, Any] = {"schema": 2, "generated_at": started.isoformat(timespec="seconds"),
                                "command": o.command, "quick": o.quick, "broker": o.broker, "throughput": [],
                                "freshness": []}
     try:
@@ -165,26 +137,14 @@ def run(o: Options) -> dict[str, Any]:
         produced = produce_all(bootstrap, ws, o.short)
         results["workloads"] = {w.name: _workload_info(w, produced[w.name]) for w in ws}
         results["baselines"] = {"embedded_clickhouse_rss_mb": engine_floor(work / "engine-floor", bootstrap)}
-        for w in ws:
-            p = produced[w.name]
-            for contender in o.contenders:
-                if contender == "pipeline-http" and w.name not in o.http_workloads:
-                    continue
-                slow = contender in SLOW
-                target = Target(w.name, p["short"] if slow else p["full"], p["expected_short"] if slow else
-                                p["expected"], bootstrap, work / f"{contender}-{w.name}")
-                began = time.monotonic()
-                m = measure(o, contender, target)
-                m.extra["run_wall_s"] = round(time.monotonic() - began, 1)  # incl. start-up and verification
-                results["throughput"].append(m.as_json())
-                print(_line(m), flush=True)
+        throughput(o, ws, produced, bootstrap, work, groups)
         if o.profile:
             w = next((w for w in ws if w.name == "b"), ws[0])
             results["profile"] = profile_run(o, w, produced[w.name], bootstrap, work)
             print(_profile_line(results["profile"]), flush=True)
         if o.freshness_seconds > 0:
             for w in (w for w in ws if w.name in o.freshness_workloads):
-                for f in freshness(o, w, bootstrap, work, results["throughput"]):
+                for f in freshness(o, w, bootstrap, work, [repeats.combine(g) for g in groups.values()]):
                     results["freshness"].append(f.as_json())
                     print(_fresh_line(f), flush=True)
     finally:
@@ -195,12 +155,44 @@ def run(o: Options) -> dict[str, Any]:
             shutil.rmtree(work, ignore_errors=True)
     results["machine"] = _machine(load_start, speed_start)
     results["machine"]["speed_probe_best_ms"] = round(probe.best(), 3)
-    for row in results["throughput"]:
-        _judge_speed(row, probe)
-        _broker_share(row, broker_cpu)
+    for runs in groups.values():
+        for one in runs:
+            _judge_speed(one, probe)
+            _broker_share(one, broker_cpu)
+        results["throughput"].append(repeats.combine(runs))
+    results["windows"] = repeats.window_summary(results["throughput"], o.repeats, o.min_window_s)
     results["versions"] = _versions(o)
     results["elapsed_s"] = round(time.monotonic() - t0, 1)
     return _derive(results)
+
+
+def throughput(o: Options, ws: list[Workload], produced: dict[str, dict[str, Any]], bootstrap: str, work: Path,
+               groups: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
+    """Every contender on every workload, each run its own process, consumer group and store; the
+    runs interleaved (run 1 of every contender on a workload, then run 2, ...) until each contender
+    has ``o.repeats`` runs or, for the slow ones sized for it (``contenders.single_window_ok``), one
+    window of ``o.min_window_s`` (``repeats.more_runs``): a fast contender's window that long only
+    says the host was slow while it ran. Fills ``groups``: the measurement documents by
+    (contender, workload), in the order they are shown."""
+    for w in ws:
+        p = produced[w.name]
+        names = [c for c in o.contenders if o.runs_on(c, w.name)]
+        for run in range(1, o.repeats + 1):
+            for contender in names:
+                runs = groups.setdefault((contender, w.name), [])
+                alone = o.min_window_s if single_window_ok(contender) else float("inf")
+                if not repeats.more_runs(runs, o.repeats, alone):
+                    continue
+                short = REGISTRY[contender].reads == "short"
+                target = Target(w.name, p["short"] if short else p["full"], p["expected_short"] if short else
+                                p["expected"], bootstrap, work / f"{contender}-{w.name}-{run}")
+                began = time.monotonic()
+                m = measure(o, contender, target)
+                m.extra["run_wall_s"] = round(time.monotonic() - began, 1)  # incl. start-up and verification
+                runs.append(m.as_json())
+                print(_line(m, run), flush=True)
+                if not o.keep:  # the run's store is verified: free the disk for the next ones
+                    shutil.rmtree(target.run_dir, ignore_errors=True)
 
 
 def _derive(results: dict[str, Any]) -> dict[str, Any]:
@@ -227,7 +219,8 @@ def profile_run(o: Options, w: Workload, p: dict[str, Any], bootstrap: str, work
     found = profile.read(run_dir / "pyspy.txt").of_cpu(m.cpu_seconds)
     if not m.correct:
         found.note = "; ".join(m.problems)
-    return {"workload": w.name, "correct": m.correct, "topology": "ClickHouse over HTTP", **found.as_json()}
+    return {"workload": w.name, "correct": m.correct, "topology": "ClickHouse over HTTP", "window_s": m.seconds,
+            **found.as_json()}
 
 
 def _profile_line(p: dict[str, Any]) -> str:
@@ -260,7 +253,7 @@ def freshness(o: Options, w: Workload, bootstrap: str, work: Path, rows: list[di
         return []
     rate = mine["records_per_s"] / 2
     out = []
-    for contender in ("pipeline", *[c for c in o.contenders if c in SLOW]):
+    for contender in ("pipeline", *[c for c in o.contenders if REGISTRY[c].freshness]):
         target = Target(w.name, Produced(f"bench-fresh-{contender}-{w.name}"), Expected(), bootstrap,
                         work / f"fresh-{contender}-{w.name}")
         if contender == "pipeline":

@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.dev.bench import contenders
+from pipeline.dev.bench.repeats import MIN_WINDOW_S, REPEATS
+
 REPO = Path(__file__).resolve().parents[3]
-CONTENDERS = ("pipeline", "pipeline-http", "naive-faust", "quix", "limit-consume", "limit-insert")
+CONTENDERS = contenders.NAMES
 DEFAULT_OUT = Path("bench/results/latest.json")
+# Record counts: large enough that the fast contenders' windows last seconds (a few polls of their
+# edges are then a small error) and the slow ones' reach MIN_WINDOW_S on the -short topic in one run.
+RECORDS = {"a": 1_000_000, "b": 3_000_000}
+SHORT = {"a": 150_000, "b": 300_000}
 
 
 @dataclass(frozen=True)
@@ -35,23 +42,37 @@ class Options:
     keep: bool
     command: str
     profile: bool = True
-    http_workloads: tuple[str, ...] = ("b",)
+    http_workloads: tuple[str, ...] = ("a", "b")
     render: Path | None = None
     broker: str = "kafka"
+    repeats: int = REPEATS
+    min_window_s: float = MIN_WINDOW_S
+    workloads_of: dict[str, tuple[str, ...]] = field(default_factory=dict)  # contender -> workloads it runs on
+
+    def runs_on(self, contender: str, workload: str) -> bool:
+        return workload in self.workloads_of.get(contender, contenders.WORKLOADS)
 
 
 # -- command line ------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``imtel bench``."""
-    p.add_argument("--contenders", default="pipeline,pipeline-http,naive-faust,quix,limit",
-                   help="comma list of pipeline, pipeline-http (the worker writing over HTTP to `imtel engine` in "
-                        "its own process), naive-faust, quix, limit (= limit-consume + limit-insert)")
-    p.add_argument("--http-workloads", default="b", help="workloads pipeline-http runs on (comma list; default b)")
+    p.add_argument("--contenders", default=contenders.default_list(),
+                   help=f"comma list of {contenders.cli_names()} (pipeline-http: the worker writing over HTTP to "
+                        "`imtel engine` in its own process; limit = limit-consume + limit-insert)")
+    p.add_argument("--http-workloads", default="a,b", help="workloads pipeline-http runs on (comma list; default a,b)")
     p.add_argument("--workloads", default="a,b", help="a: one record per message; b: 100-500 records per message")
-    p.add_argument("--records-a", type=int, default=None, help="records of workload a (default 250000)")
-    p.add_argument("--records-b", type=int, default=None, help="records of workload b (default 750000)")
-    p.add_argument("--short-a", type=int, default=None, help="records of a the naive agent and Quix read (40000)")
-    p.add_argument("--short-b", type=int, default=None, help="records of b the naive agent and Quix read (150000)")
+    p.add_argument("--records-a", type=int, default=None, help=f"records of workload a (default {RECORDS['a']})")
+    p.add_argument("--records-b", type=int, default=None, help=f"records of workload b (default {RECORDS['b']})")
+    p.add_argument("--short-a", type=int, default=None,
+                   help=f"records of a the naive agent and Quix read ({SHORT['a']})")
+    p.add_argument("--short-b", type=int, default=None,
+                   help=f"records of b the naive agent and Quix read ({SHORT['b']})")
+    p.add_argument("--repeats", type=int, default=None,
+                   help=f"runs per contender and workload, the median reported with min-max ({REPEATS}; "
+                        "1 with --quick); a slow contender whose first window lasts --min-window seconds runs once")
+    p.add_argument("--min-window", type=float, default=MIN_WINDOW_S,
+                   help=f"seconds a slow contender's (naive faust, Quix) single window must last to stand alone "
+                        f"({MIN_WINDOW_S:g})")
     p.add_argument("--freshness-seconds", type=float, default=None, help="paced phase length, 0 = skip (20)")
     p.add_argument("--freshness-workloads", default="b", help="workloads with a freshness phase (comma list)")
     p.add_argument("--timeout", type=float, default=None, help="seconds one contender run may take (180)")
@@ -78,20 +99,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def options(args: argparse.Namespace, argv: list[str]) -> Options:
     """Validate the command line into ``Options`` (ValueError with one sentence when wrong)."""
     wanted = [c.strip() for c in args.contenders.split(",") if c.strip()]
-    expanded = [x for c in wanted for x in (("limit-consume", "limit-insert") if c == "limit" else (c,))]
-    unknown = sorted(set(expanded) - set(CONTENDERS))
+    expanded, unknown = contenders.expand(wanted)
     if unknown or not expanded:
-        raise ValueError(f"unknown contender {', '.join(unknown) or '(none)'}: use pipeline, pipeline-http, "
-                         "naive-faust, quix, limit")
-    order = tuple(c for c in CONTENDERS if c in expanded)
+        raise ValueError(f"unknown contender {', '.join(unknown) or '(none)'}: use {contenders.cli_names()}")
+    order = tuple(expanded)
     loads = tuple(dict.fromkeys(x.strip() for x in args.workloads.split(",") if x.strip()))
     if not loads or set(loads) - {"a", "b"}:
         raise ValueError("--workloads takes a, b or a,b")
     quick = bool(args.quick)
-    records = {"a": _given(args.records_a, 3_000 if quick else 250_000),
-               "b": _given(args.records_b, 20_000 if quick else 750_000)}
-    short = {"a": _given(args.short_a, 2_000 if quick else 40_000),
-             "b": _given(args.short_b, 10_000 if quick else 150_000)}
+    records = {"a": _given(args.records_a, 3_000 if quick else RECORDS["a"]),
+               "b": _given(args.records_b, 20_000 if quick else RECORDS["b"])}
+    short = {"a": _given(args.short_a, 2_000 if quick else SHORT["a"]),
+             "b": _given(args.short_b, 10_000 if quick else SHORT["b"])}
     for name, n in (*records.items(), *short.items()):
         if n <= 0:
             raise ValueError(f"record counts must be positive (got {n} for {name})")
@@ -116,15 +135,20 @@ def options(args: argparse.Namespace, argv: list[str]) -> Options:
         raise ValueError("--http-workloads takes a, b or a,b")
     if args.timeout is not None and args.timeout <= 0:
         raise ValueError("--timeout must be positive")
+    runs = _given(args.repeats, 1 if quick else REPEATS)
+    if runs < 1 or args.min_window <= 0:
+        raise ValueError("--repeats and --min-window must be positive")
+    workloads_of = {c: http_loads if c == "pipeline-http" else contenders.REGISTRY[c].workloads for c in order}
     readme = None if args.no_readme or (quick and args.readme is None) else (args.readme or Path("README.md"))
     out = args.out or (DEFAULT_OUT if not quick else Path(tempfile.gettempdir()) / "imtel-bench-quick.json")
     return Options(order, loads, records, {k: min(short[k], records[k]) for k in records}, fresh,
                    1.0 if quick else 3.0, fresh_loads,
                    args.timeout or (90.0 if quick else 180.0), out, readme, quick, env, args.quix_python, args.seed,
                    args.work_dir, bool(args.keep), " ".join(["imtel bench", *argv]),
-                   profile=not (args.no_profile or quick) and "pipeline" in order, render=args.render,
-                   http_workloads=http_loads, broker=args.broker)
-
+                   profile=not (args.no_profile or quick) and bool({"pipeline", "pipeline-http"} & set(order)),
+                   render=args.render,
+                   http_workloads=http_loads, broker=args.broker, repeats=runs, min_window_s=args.min_window,
+                   workloads_of=workloads_of)
 
 
 

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.dev.bench import procstat, profile, verify
 from pipeline.dev.bench.broker import CommitProbe, Produced
 from pipeline.dev.bench.options import REPO
+from pipeline.dev.bench.processes import log_tail, spawn
 from pipeline.dev.bench.status import Job, read_status
 from pipeline.dev.bench.workload import Expected
 from pipeline.dev.ports import free_port
@@ -85,21 +86,6 @@ class Target:
     expected: Expected
     bootstrap: str
     run_dir: Path
-
-
-def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """A contender process in its own session, output to a log file."""
-    with open(log, "ab") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, cwd=log.parent, start_new_session=True)
-
-
-def log_tail(log: Path, lines: int = 6) -> str:
-    try:
-        text = log.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return " | ".join(line.strip() for line in text[-lines:])[-600:]
 
 
 def run_verify(store: Path, fresh_from_ms: int | None = None) -> dict[str, Any]:
@@ -203,7 +189,8 @@ def measure_pipeline(t: Target, overrides: dict[str, str], timeout: float,
         profile.finish(spy)
         exit_ = procstat.stop(proc)
         if engine is not None:
-            m.extra["engine"] = engine_cost(engine.stop(), engine_cpu, m.records)
+            settled = settle(engine) if end is not None else None  # the merges left after the window
+            m.extra["engine"] = engine_cost(engine.stop(), engine_cpu, m.records, settled)
     m.peak_rss_mb = round(exit_.peak_rss_mb, 1)
     if first is None or end is None:
         m.problems.append(_unfinished(exit_.returncode, time.monotonic() >= deadline, timeout, log))
@@ -220,12 +207,39 @@ def measure_pipeline(t: Target, overrides: dict[str, str], timeout: float,
     return m
 
 
-def engine_cost(exit_: procstat.Exit, cpu: list[float | None], records: int) -> dict[str, Any]:
-    """The engine process's cost: CPU over the worker's window (when both edges were seen), CPU and
+SETTLE_STEP_S, SETTLE_IDLE_CPU, SETTLE_LIMIT_S = 0.5, 0.03, 30.0
+
+
+def settle(engine: EngineProcess, step: float = SETTLE_STEP_S, idle: float = SETTLE_IDLE_CPU,
+           limit: float = SETTLE_LIMIT_S) -> tuple[float, float] | None:
+    """Once the worker is gone, wait until the engine is idle (under ``idle`` CPU-s in two steps of
+    ``step`` seconds in a row, at most ``limit`` seconds): the background merges of the parts the
+    worker wrote are work the engine pays per stored record, after the window. Returns the engine's
+    CPU seconds then and the seconds waited (None when the engine is gone)."""
+    start = time.monotonic()
+    last, quiet = engine.cpu_seconds(), 0
+    while last is not None and quiet < 2 and time.monotonic() - start < limit:
+        time.sleep(step)
+        now = engine.cpu_seconds()
+        if now is None:
+            return None
+        quiet = quiet + 1 if now - last < idle else 0
+        last = now
+    return None if last is None else (last, round(time.monotonic() - start, 1))
+
+
+def engine_cost(exit_: procstat.Exit, cpu: list[float | None], records: int,
+                settled: tuple[float, float] | None = None) -> dict[str, Any]:
+    """The engine process's cost: CPU over the worker's window (when both edges were seen) and from
+    the window's start until the engine was idle again (``settle``: its merges included), CPU and
     peak RSS over its whole life."""
     window = cpu[1] - cpu[0] if len(cpu) == 2 and cpu[0] is not None and cpu[1] is not None else None
+    total = settled[0] - cpu[0] if settled is not None and cpu and cpu[0] is not None else None
     return {"cpu_seconds": None if window is None else round(window, 3),
             "cpu_s_per_million": None if window is None or not records else round(window / records * 1e6, 2),
+            "settled_cpu_seconds": None if total is None else round(total, 3),
+            "settled_cpu_s_per_million": None if total is None or not records else round(total / records * 1e6, 2),
+            "settle_s": None if settled is None else settled[1],
             "peak_rss_mb": round(exit_.peak_rss_mb, 1), "process_cpu_seconds_total": round(exit_.cpu_seconds, 2),
             "returncode": exit_.returncode}
 
