@@ -14,6 +14,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <arpa/inet.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -53,9 +54,10 @@ static const int STRING_OF[N_FIELDS] = {-1, S_IFACE, -1, S_IP, -1, -1, S_REGION,
 static const Py_ssize_t MIN_LEN[N_STRINGS] = {1, 0, 1, 1, 1, 0};
 static const Py_ssize_t MAX_LEN[N_STRINGS] = {128, 64, 32, 32, 64, 2048};
 
-/* What to store of the exit IP (IMTEL_PII_MODE): done here only for a dotted-quad IPv4 address in
- * ``prefix`` and ``drop`` mode; every other value (IPv6, garbage, all values in ``hash`` mode) is
- * flagged for ``privacy.minimise_column``. */
+/* What to store of the exit IP (IMTEL_PII_MODE): done here only in ``prefix`` and ``drop`` mode, for a
+ * dotted-quad IPv4 address and for an IPv6 address (not IPv4-mapped) that ``inet_pton`` takes, the very
+ * libc call ``privacy.prefix`` makes through Python's socket module; every other value (IPv4-mapped,
+ * garbage, all values in ``hash`` mode) is flagged for ``privacy.minimise_column``. */
 enum { NET_NONE, NET_PREFIX, NET_DROP };
 
 typedef struct {
@@ -230,6 +232,25 @@ static Py_ssize_t v4_head(const char *s, Py_ssize_t n) {
     return i == n ? head : -1;
 }
 
+/* The /48 network of an IPv6 address as ``privacy.prefix`` writes it (``inet_ntop`` of the first six
+ * bytes and ten zero bytes, then ``/48``) into ``out``: its length, or -1 when the text is not an IPv6
+ * address ``inet_pton`` takes, or is IPv4-mapped (privacy.prefix gives those a /24: left to it). */
+static Py_ssize_t v6_network(const char *s, Py_ssize_t n, char out[INET6_ADDRSTRLEN + 3]) {
+    char text[64];
+    unsigned char packed[16];
+    static const unsigned char v4_mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    /* Python refuses text with a NUL inside; inet_pton would stop at it */
+    if (n <= 0 || n >= (Py_ssize_t)sizeof text || !memchr(s, ':', (size_t)n) || memchr(s, 0, (size_t)n)) return -1;
+    memcpy(text, s, (size_t)n);
+    text[n] = 0;
+    if (inet_pton(AF_INET6, text, packed) != 1 || memcmp(packed, v4_mapped, 12) == 0) return -1;
+    memset(packed + 6, 0, 10);
+    if (!inet_ntop(AF_INET6, packed, out, INET6_ADDRSTRLEN)) return -1;
+    size_t len = strlen(out);
+    memcpy(out + len, "/48", 3);
+    return (Py_ssize_t)len + 3;
+}
+
 /* 0, or -1 out of memory, or -2 a string column would pass 2 GiB (Arrow's int32 offsets). */
 static int append(LogColumns *c, const Record *r) {
     int64_t t = r->ints[F_TIME];
@@ -249,6 +270,12 @@ static int append(LogColumns *c, const Record *r) {
     if (done && c->net_mode == NET_PREFIX &&
         (buf_put(&c->net_data, r->s[S_IP], head) < 0 || buf_put(&c->net_data, "0/24", 4) < 0))
         return -1;
+    char net[INET6_ADDRSTRLEN + 3];
+    Py_ssize_t net_len = done || c->net_mode == NET_NONE ? -1 : v6_network(r->s[S_IP], r->n[S_IP], net);
+    if (net_len >= 0) {
+        done = 1;
+        if (c->net_mode == NET_PREFIX && buf_put(&c->net_data, net, net_len) < 0) return -1;
+    }
     if (c->net_data.len > INT32_MAX) return -2;
     int32_t net_end = (int32_t)c->net_data.len;
     if (buf_put(&c->net_offsets, &net_end, 4) < 0 || buf_put(&c->net_done, &done, 1) < 0) return -1;
@@ -425,7 +452,7 @@ static PyTypeObject LogColumnsType = {
     .tp_basicsize = sizeof(LogColumns),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "LogColumns(pii_mode=''): request-log messages appended as Arrow column buffers (see the module "
-              "docstring); with pii_mode 'prefix' or 'drop', dotted-quad IPv4 addresses are minimised too.",
+              "docstring); with pii_mode 'prefix' or 'drop', dotted-quad IPv4 and IPv6 addresses are minimised too.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)LogColumns_init,
     .tp_dealloc = (destructor)LogColumns_dealloc,

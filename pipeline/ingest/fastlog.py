@@ -42,7 +42,7 @@ class Columns:
     request_id: pa.Array
     exception: pa.Array  # "" where the record had none (as the msgspec path stores it)
     client_net: pa.Array  # the minimised address where ``net_done``, else ""
-    net_done: np.ndarray  # bool: a dotted-quad IPv4 address minimised natively (prefix / drop mode)
+    net_done: np.ndarray  # bool: an address minimised natively (prefix / drop mode: IPv4 dotted quads, IPv6)
 
     def __len__(self) -> int:
         return len(self.request_time)
@@ -64,7 +64,7 @@ class ColumnDecoder:
     a batch, so two threads sharing one decoder would interleave its buffers."""
 
     def __init__(self, pii_mode: str = "") -> None:
-        """``pii_mode`` (``prefix``/``drop``): minimise dotted-quad IPv4 addresses on the way, the
+        """``pii_mode`` (``prefix``/``drop``): minimise IPv4 (dotted quads) and IPv6 addresses on the way, the
         same text ``privacy.prefix``/``drop`` give; other modes leave ``client_net`` to the caller."""
         if LogColumns is None:
             raise RuntimeError("the native request-log decoder is not built")

@@ -140,7 +140,7 @@ def _v6_networks(column: pa.Array) -> pa.Array:
 class Minimisation:
     """``IMTEL_PII_MODE`` interpreted, in the one place that does it: the per-value minimiser, whether
     the Arrow column path applies (``vectorised``), and what the native decoder may do on the way
-    (``native``: ``prefix``/``drop`` on dotted quads, or "" to leave every address to us)."""
+    (``native``: ``prefix``/``drop`` on IPv4 dotted quads and IPv6, or "" to leave every address to us)."""
 
     mode: str
     one: Minimiser

@@ -90,7 +90,20 @@ static void check_rows(const Mark *m, Py_ssize_t n) {
         CHECK(done <= 1 && a <= b && b <= cols.net_data.len);
         if (cols.net_mode == NET_NONE) CHECK(!done);
         if (!done || cols.net_mode == NET_DROP) CHECK(a == b);
-        if (done && cols.net_mode == NET_PREFIX) CHECK(b - a >= 9 && memcmp(cols.net_data.p + b - 5, ".0/24", 5) == 0);
+        /* a /24 of a dotted quad, or a /48 that inet_pton takes back (its last 80 bits zero) */
+        if (done && cols.net_mode == NET_PREFIX) {
+            int v4 = b - a >= 9 && memcmp(cols.net_data.p + b - 5, ".0/24", 5) == 0;
+            char net[64];
+            unsigned char packed[16];
+            int v6 = b - a > 3 && b - a < 64 && memcmp(cols.net_data.p + b - 3, "/48", 3) == 0;
+            if (v6) {
+                memcpy(net, cols.net_data.p + a, (size_t)(b - a - 3));
+                net[b - a - 3] = 0;
+                v6 = inet_pton(AF_INET6, net, packed) == 1;
+                for (int k = 6; v6 && k < 16; k++) v6 = packed[k] == 0;
+            }
+            CHECK(v4 || v6);
+        }
     }
     CHECK(offset_at(&cols.net_offsets, rows) == cols.net_data.len);
     for (int i = 0; i < N_STRINGS; i++) CHECK(offset_at(&cols.offsets[i], rows) == cols.data[i].len);
