@@ -8,7 +8,7 @@ Real-time panels read Prometheus; history and drill-downs read ClickHouse throug
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from grafana_foundation_sdk.builders import bargauge, common, dashboard, prometheus, stat, table, timeseries
 from grafana_foundation_sdk.cog import builder as cogbuilder
@@ -22,6 +22,10 @@ PROM = dash_m.DataSourceRef(type_val="prometheus", uid="imtel-prometheus")
 CH = dash_m.DataSourceRef(type_val="grafana-clickhouse-datasource", uid="imtel-clickhouse")
 CH_PLUGIN_VERSION = "4.10.1"
 TAGS = ["imtel"]
+# Threshold steps of a panel: (from value, colour), the first from None (minus infinity).
+Steps = Sequence[tuple[float | None, str]]
+GREEN: Steps = ((None, "green"),)
+Query = cogbuilder.Builder[Any]
 
 
 # --- ClickHouse query (the SDK has no builder for this plugin) -----------------------------------
@@ -69,9 +73,19 @@ def promql(expr: str, legend: str = "", ref_id: str = "A", instant: bool = False
 # --- panels ------------------------------------------------------------------------------------
 
 
-def _targets(panel: Any, targets: Sequence[cogbuilder.Builder[Any]]) -> None:
+_Panel = TypeVar("_Panel", timeseries.Panel, stat.Panel, table.Panel, bargauge.Panel)
+
+
+def _frame(
+    panel: _Panel, title: str, ds: dash_m.DataSourceRef, unit: str, desc: str, targets: Sequence[Query]
+) -> _Panel:
+    """What every panel has: a title, a datasource, a unit, the description when there is one, the queries."""
+    panel = panel.title(title).datasource(ds).unit(unit)
+    if desc:
+        panel = panel.description(desc)
     for target in targets:
         panel.with_target(target)
+    return panel
 
 
 def ts(
@@ -87,9 +101,6 @@ def ts(
 ) -> timeseries.Panel:
     panel = (
         timeseries.Panel()
-        .title(title)
-        .datasource(ds)
-        .unit(unit)
         .fill_opacity(10)
         .line_width(1)
         .legend(
@@ -105,8 +116,6 @@ def ts(
             .sort(common_m.SortOrder.DESCENDING)
         )
     )
-    if desc:
-        panel = panel.description(desc)
     if stack:
         panel = panel.stacking(common.StackingConfig().mode(common_m.StackingMode.NORMAL)).fill_opacity(40)
     if min_val is not None:
@@ -115,16 +124,25 @@ def ts(
         panel = panel.max(max_val)
     if interval:
         panel = panel.interval(interval)
-    _targets(panel, targets)
-    return panel
+    return _frame(panel, title, ds, unit, desc, targets)
 
 
-def _steps(steps: Sequence[tuple[float | None, str]]) -> dashboard.ThresholdsConfig:
-    return (
+def red_from(limit: float) -> Steps:
+    """Green, red from ``limit`` up."""
+    return ((None, "green"), (limit, "red"))
+
+
+_Reduced = TypeVar("_Reduced", stat.Panel, bargauge.Panel)
+
+
+def _last_value(panel: _Reduced, steps: Steps) -> _Reduced:
+    """A panel of each series' last value, coloured by threshold steps."""
+    thresholds = (
         dashboard.ThresholdsConfig()
         .mode(dash_m.ThresholdsMode.ABSOLUTE)
         .steps([dash_m.Threshold(value=v, color=c) for v, c in steps])
     )
+    return panel.thresholds(thresholds).reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]))
 
 
 def stat_panel(
@@ -132,23 +150,15 @@ def stat_panel(
     target: cogbuilder.Builder[Any],
     unit: str = "short",
     desc: str = "",
-    steps: Sequence[tuple[float | None, str]] = ((None, "green"),),
+    steps: Steps = GREEN,
     ds: dash_m.DataSourceRef = PROM,
 ) -> stat.Panel:
     panel = (
-        stat.Panel()
-        .title(title)
-        .datasource(ds)
-        .unit(unit)
-        .thresholds(_steps(steps))
+        _last_value(stat.Panel(), steps)
         .color_mode(common_m.BigValueColorMode.VALUE)
         .graph_mode(common_m.BigValueGraphMode.AREA)
-        .reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]))
     )
-    if desc:
-        panel = panel.description(desc)
-    panel.with_target(target)
-    return panel
+    return _frame(panel, title, ds, unit, desc, [target])
 
 
 def table_panel(
@@ -158,11 +168,7 @@ def table_panel(
     ds: dash_m.DataSourceRef = CH,
     unit: str = "short",
 ) -> table.Panel:
-    panel = table.Panel().title(title).datasource(ds).unit(unit)
-    if desc:
-        panel = panel.description(desc)
-    _targets(panel, targets)
-    return panel
+    return _frame(table.Panel(), title, ds, unit, desc, targets)
 
 
 def bar_panel(
@@ -170,26 +176,18 @@ def bar_panel(
     targets: Sequence[cogbuilder.Builder[Any]],
     unit: str = "short",
     desc: str = "",
-    steps: Sequence[tuple[float | None, str]] = ((None, "green"),),
+    steps: Steps = GREEN,
     ds: dash_m.DataSourceRef = PROM,
     max_val: float | None = None,
 ) -> bargauge.Panel:
     panel = (
-        bargauge.Panel()
-        .title(title)
-        .datasource(ds)
-        .unit(unit)
-        .thresholds(_steps(steps))
+        _last_value(bargauge.Panel(), steps)
         .orientation(common_m.VizOrientation.HORIZONTAL)
         .display_mode(common_m.BarGaugeDisplayMode.GRADIENT)
-        .reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]))
     )
-    if desc:
-        panel = panel.description(desc)
     if max_val is not None:
         panel = panel.min(0).max(max_val)
-    _targets(panel, targets)
-    return panel
+    return _frame(panel, title, ds, unit, desc, targets)
 
 
 class Layout:

@@ -329,6 +329,20 @@ class WebReads:
             return self._stores[kind]
 
 
+async def _answer(view: View, read: Callable[[], Any], answer: Callable[[Any], Response],
+                  *bad_request: type[Exception]) -> Response:
+    """A web read: ``read`` (parsing the request and reading the store) runs in the default executor, since
+    opening the store's client may block; ``answer`` turns its result into the response. An error of the
+    request itself (one of ``bad_request``) answers 400, a store that cannot answer 503."""
+    try:
+        result = await asyncio.get_running_loop().run_in_executor(None, read)
+    except bad_request as exc:
+        return view.json({"error": str(exc)}, status=400)
+    except InsertError as exc:
+        return view.json({"error": str(exc)}, status=503)
+    return answer(result)
+
+
 def _register_web(app: faust.App, p: Pipeline, reads: WebReads) -> None:
 
     @app.page("/metrics")
@@ -355,15 +369,10 @@ def _register_web(app: faust.App, p: Pipeline, reads: WebReads) -> None:
     @app.page("/queries/{name}")
     class Query(View):
         async def get(self, request: Request, name: str) -> Response:
-            try:
-                params = queries.parse_params(name, dict(request.query))
-                result = await asyncio.get_running_loop().run_in_executor(
-                    None, lambda: queries.run(reads.data(), name, params))  # opening the client may block
-            except queries.QueryError as exc:
-                return self.json({"error": str(exc)}, status=400)
-            except InsertError as exc:
-                return self.json({"error": str(exc)}, status=503)
-            return self.json(result.as_dict())
+            query = dict(request.query)
+            return await _answer(
+                self, lambda: queries.run(reads.data(), name, queries.parse_params(name, query)),
+                lambda result: self.json(result.as_dict()), queries.QueryError)
 
     @app.page("/deadletters")
     class DeadLetters(View):
@@ -372,15 +381,10 @@ def _register_web(app: faust.App, p: Pipeline, reads: WebReads) -> None:
         async def get(self, request: Request) -> Response:
             from pipeline.ops import deadletters
 
-            try:
-                req = deadletters.parse_list_request(dict(request.query))
-                result = await asyncio.get_running_loop().run_in_executor(
-                    None, lambda: deadletters.list_counts(reads.data(), req))
-            except deadletters.DeadLetterError as exc:
-                return self.json({"error": str(exc)}, status=400)
-            except InsertError as exc:
-                return self.json({"error": str(exc)}, status=503)
-            return self.json(result)
+            query = dict(request.query)
+            return await _answer(
+                self, lambda: deadletters.list_counts(reads.data(), deadletters.parse_list_request(query)),
+                self.json, deadletters.DeadLetterError)
 
     @app.page("/report")
     class Report(View):
@@ -389,15 +393,11 @@ def _register_web(app: faust.App, p: Pipeline, reads: WebReads) -> None:
         async def get(self, request: Request) -> Response:
             from pipeline.ops import report
 
-            try:
-                req = report.parse_request(dict(request.query))
-                data = await asyncio.get_running_loop().run_in_executor(
-                    None, lambda: report.collect(report.store_runner(reads.data()), req))
-            except (report.ReportError, queries.QueryError) as exc:
-                return self.json({"error": str(exc)}, status=400)
-            except InsertError as exc:
-                return self.json({"error": str(exc)}, status=503)
-            return self.html(report.render(data), headers={"Content-Security-Policy": report.CSP})
+            query = dict(request.query)
+            return await _answer(
+                self, lambda: report.collect(report.store_runner(reads.data()), report.parse_request(query)),
+                lambda data: self.html(report.render(data), headers={"Content-Security-Policy": report.CSP}),
+                report.ReportError, queries.QueryError)
 
 
 def _register_privacy(app: faust.App, p: Pipeline, policy: Policy, reads: WebReads) -> None:
@@ -411,21 +411,14 @@ def _register_privacy(app: faust.App, p: Pipeline, policy: Policy, reads: WebRea
     @app.page("/audit")
     class Audit(View):
         async def get(self, request: Request) -> Response:
-            try:
-                facts = await asyncio.get_running_loop().run_in_executor(
-                    None, lambda: audit.table_facts(reads.data(), p.settings.clickhouse_cluster))
-            except InsertError as exc:
-                return self.json({"error": str(exc)}, status=503)
-            return self.json(facts)
+            return await _answer(
+                self, lambda: audit.table_facts(reads.data(), p.settings.clickhouse_cluster), self.json)
 
     @app.page("/apps")
     class Apps(View):
         async def get(self, request: Request) -> Response:
-            try:
-                apps = await asyncio.get_running_loop().run_in_executor(None, lambda: registry.list_apps(reads.data()))
-            except InsertError as exc:
-                return self.json({"error": str(exc)}, status=503)
-            return self.json(registry.jsonable(apps))
+            return await _answer(
+                self, lambda: registry.list_apps(reads.data()), lambda apps: self.json(registry.jsonable(apps)))
 
     if not p.settings.embedded_store:
         return

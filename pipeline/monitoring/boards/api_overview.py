@@ -6,9 +6,16 @@ from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard
 
-from pipeline.monitoring.boards.queries import APP_LABEL, APP_NAMES, latency_quantile, rate_by_app
+from pipeline.monitoring.boards.queries import (
+    JOIN_APP_NAMES,
+    LOG_STATS,
+    exception_causes,
+    latency_quantile,
+    rate_by_app,
+    stats_ts,
+    success_ratio_by_app,
+)
 from pipeline.monitoring.panels import (
-    CH,
     DB,
     JOB,
     SQL,
@@ -82,15 +89,7 @@ def api_overview() -> dashboard.Dashboard:
         w=6,
         h=5,
     )
-    lay.add(
-        ts(
-            "Success rate per app",
-            [promql(f"{rate_by_app('success')} / {rate_by_app()}", "{{app}}")],
-            "percentunit",
-            max_val=1,
-        ),
-        w=12,
-    )
+    lay.add(ts("Success rate per app", [promql(success_ratio_by_app(), "{{app}}")], "percentunit", max_val=1), w=12)
     lay.add(
         ts("Error rate per app (failed requests/s)", [promql(rate_by_app("failure"), "{{app}}")], "reqps"),
         w=12,
@@ -138,51 +137,8 @@ def api_overview() -> dashboard.Dashboard:
     )
 
     lay.row("History and causes (ClickHouse)")
-    lay.add(
-        ts(
-            "Success rate per app (interface_stats_1m)",
-            [
-                SQL(f"""
-        SELECT s.time AS time, {APP_LABEL} AS app, s.success_rate AS success_rate
-        FROM (
-            SELECT $__timeInterval(minute) AS time, sdk_app_id,
-                   1 - sum(failures) / nullIf(sum(requests), 0) AS success_rate
-            FROM {DB}.interface_stats_1m
-            WHERE $__timeFilter(minute) AND source = 'log'
-            GROUP BY time, sdk_app_id
-        ) AS s
-        LEFT JOIN {APP_NAMES} AS n ON n.sdk_app_id = s.sdk_app_id
-        ORDER BY time""")
-            ],
-            "percentunit",
-            ds=CH,
-            max_val=1,
-            interval="1m",
-        ),
-        w=12,
-    )
-    lay.add(
-        ts(
-            "p95 latency per app (interface_stats_1m)",
-            [
-                SQL(f"""
-        SELECT s.time AS time, {APP_LABEL} AS app, s.p95_ms AS p95_ms
-        FROM (
-            SELECT $__timeInterval(minute) AS time, sdk_app_id,
-                   quantilesTimingMerge(0.5, 0.9, 0.95, 0.99)(latency_q)[3] AS p95_ms
-            FROM {DB}.interface_stats_1m
-            WHERE $__timeFilter(minute) AND source = 'log'
-            GROUP BY time, sdk_app_id
-        ) AS s
-        LEFT JOIN {APP_NAMES} AS n ON n.sdk_app_id = s.sdk_app_id
-        ORDER BY time""")
-            ],
-            "ms",
-            ds=CH,
-            interval="1m",
-        ),
-        w=12,
-    )
+    lay.add(stats_ts("Success rate per app (interface_stats_1m)", "success_rate", "app"), w=12)
+    lay.add(stats_ts("p95 latency per app (interface_stats_1m)", "p95_ms", "app"), w=12)
     lay.add(
         table_panel(
             "Top failing interfaces",
@@ -193,7 +149,7 @@ def api_overview() -> dashboard.Dashboard:
                failed / nullIf(total, 0) AS error_ratio,
                uniqExactIf(sdk_app_id, failures > 0) AS apps_affected
         FROM {DB}.interface_stats_1m
-        WHERE $__timeFilter(minute) AND source = 'log'
+        WHERE {LOG_STATS}
         GROUP BY interface
         HAVING failed > 0
         ORDER BY failed DESC
@@ -205,22 +161,11 @@ def api_overview() -> dashboard.Dashboard:
         w=10,
         h=9,
     )
+    causes = "uniqExact(sdk_app_id) AS apps, max(request_time) AS last_seen"
     lay.add(
         table_panel(
             "Top exception causes of failing interfaces",
-            [
-                SQL(
-                    f"""
-        SELECT interface, error_code, exception, count() AS failures,
-               uniqExact(sdk_app_id) AS apps, max(request_time) AS last_seen
-        FROM {DB}.request_logs
-        WHERE $__timeFilter(request_time) AND error_code != 0
-        GROUP BY interface, error_code, exception
-        ORDER BY failures DESC
-        LIMIT 20""",
-                    table_format=True,
-                )
-            ],
+            [SQL(exception_causes(causes, "$__timeFilter(request_time)", 20), table_format=True)],
             "From the raw request logs (7 days).",
         ),
         w=14,
@@ -239,10 +184,10 @@ def api_overview() -> dashboard.Dashboard:
             SELECT sdk_app_id, sum(requests) AS total, sum(failures) AS failed,
                    sum(latency_sum_ms) AS latency_ms
             FROM {DB}.interface_stats_1m
-            WHERE $__timeFilter(minute) AND source = 'log'
+            WHERE {LOG_STATS}
             GROUP BY sdk_app_id
         ) AS s
-        LEFT JOIN {APP_NAMES} AS n ON n.sdk_app_id = s.sdk_app_id
+        {JOIN_APP_NAMES}
         ORDER BY failures DESC
         LIMIT 50""",
                     table_format=True,

@@ -4,14 +4,44 @@ and the slowest requests."""
 
 from __future__ import annotations
 
-from grafana_foundation_sdk.builders import dashboard
+from grafana_foundation_sdk.builders import dashboard, timeseries
 from grafana_foundation_sdk.models import dashboard as dash_m
 
-from pipeline.monitoring.boards.queries import APP_LABEL, APP_NAMES, latency_quantile, rate_by_app
+from pipeline.monitoring.boards.queries import (
+    APP_LABEL,
+    JOIN_APP_NAMES,
+    LOG_STATS,
+    exception_causes,
+    latency_quantile,
+    rate_by_app,
+    series_sql,
+    stats_ts,
+    success_ratio_by_app,
+)
 from pipeline.monitoring.panels import CH, DB, SQL, Layout, new_board, promql, table_panel, ts
 
 APPS_FILTER = "$__conditionalAll(sdk_app_id IN (${sdk_app_id:singlequote}), $sdk_app_id)"
 IFACE_FILTER = "$__conditionalAll(interface IN (${interface:singlequote}), $interface)"
+
+
+def picker(name: str) -> dashboard.QueryVariable:
+    """A multi-select ClickHouse variable, "All" by default, its options queried again with the time range."""
+    return (
+        dashboard.QueryVariable(name)
+        .datasource(CH)
+        .refresh(dash_m.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .multi(True)
+        .include_all(True)
+        .all_value(".*")
+        .current(dash_m.VariableOption(selected=True, text=["All"], value=["$__all"]))
+    )
+
+
+def logs_ts(
+    title: str, columns: str, key: str, where: str, unit: str = "short", stack: bool = False
+) -> timeseries.Panel:
+    """A time series over request_logs: ``columns`` (the key first) per interval, one series per ``key``."""
+    return ts(title, [SQL(series_sql("request_logs", "request_time", columns, where, key))], unit, ds=CH, stack=stack)
 
 
 def app_drilldown() -> dashboard.Dashboard:
@@ -24,95 +54,40 @@ def app_drilldown() -> dashboard.Dashboard:
         "1m",
     )
     board.with_variable(
-        dashboard.QueryVariable("sdk_app_id")
+        picker("sdk_app_id")
         .label("App (sdk_app_id)")
-        .datasource(CH)
         .description("Apps with traffic in the time range, named from the applications registry when it knows them.")
         .query(
             # two columns: the plugin takes the first as the value (the id the panels filter on) and the
             # second as the text shown in the picker
             f"SELECT toString(s.sdk_app_id) AS value, {APP_LABEL} AS text\n"
             f"FROM (SELECT DISTINCT sdk_app_id FROM {DB}.interface_stats_1m WHERE $__timeFilter(minute)) AS s\n"
-            f"LEFT JOIN {APP_NAMES} AS n ON n.sdk_app_id = s.sdk_app_id\n"
+            f"{JOIN_APP_NAMES}\n"
             "ORDER BY text"
         )
-        .refresh(dash_m.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(dash_m.VariableSort.ALPHABETICAL_CASE_INSENSITIVE_ASC)
-        .multi(True)
-        .include_all(True)
-        .all_value(".*")
-        .current(dash_m.VariableOption(selected=True, text=["All"], value=["$__all"]))
     )
     board.with_variable(
-        dashboard.QueryVariable("interface")
+        picker("interface")
         .label("Interface")
-        .datasource(CH)
         .query(
             f"SELECT DISTINCT interface FROM {DB}.interface_stats_1m "
             f"WHERE $__timeFilter(minute) AND {APPS_FILTER} ORDER BY 1"
         )
-        .refresh(dash_m.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(dash_m.VariableSort.ALPHABETICAL_ASC)
-        .multi(True)
-        .include_all(True)
-        .all_value(".*")
-        .current(dash_m.VariableOption(selected=True, text=["All"], value=["$__all"]))
     )
     lay = Layout(board)
     app_sel = ',app=~"$sdk_app_id"'
     lay.row("Now (Prometheus; apps beyond the top-N are only in ClickHouse)")
-    lay.add(
-        ts(
-            "Success rate",
-            [promql(f"{rate_by_app('success', extra=app_sel)} / {rate_by_app(extra=app_sel)}", "{{app}}")],
-            "percentunit",
-            max_val=1,
-        ),
-        w=8,
-    )
+    lay.add(ts("Success rate", [promql(success_ratio_by_app(app_sel), "{{app}}")], "percentunit", max_val=1), w=8)
     lay.add(ts("Latency p99", [promql(latency_quantile(0.99, extra=app_sel), "{{app}}")], "s"), w=8)
     lay.add(ts("Requests/s", [promql(rate_by_app(extra=app_sel), "{{app}}")], "reqps"), w=8)
 
-    where_stats = f"$__timeFilter(minute) AND source = 'log' AND {APPS_FILTER} AND {IFACE_FILTER}"
+    where_stats = f"{LOG_STATS} AND {APPS_FILTER} AND {IFACE_FILTER}"
     where_logs = f"$__timeFilter(request_time) AND {APPS_FILTER} AND {IFACE_FILTER}"
     lay.row("Interfaces (interface_stats_1m)")
-    lay.add(
-        ts(
-            "Success rate per interface",
-            [
-                SQL(f"""
-        SELECT $__timeInterval(minute) AS time, interface,
-               1 - sum(failures) / nullIf(sum(requests), 0) AS success_rate
-        FROM {DB}.interface_stats_1m
-        WHERE {where_stats}
-        GROUP BY time, interface
-        ORDER BY time""")
-            ],
-            "percentunit",
-            ds=CH,
-            max_val=1,
-            interval="1m",
-        ),
-        w=12,
-    )
-    lay.add(
-        ts(
-            "p95 latency per interface",
-            [
-                SQL(f"""
-        SELECT $__timeInterval(minute) AS time, interface,
-               quantilesTimingMerge(0.5, 0.9, 0.95, 0.99)(latency_q)[3] AS p95_ms
-        FROM {DB}.interface_stats_1m
-        WHERE {where_stats}
-        GROUP BY time, interface
-        ORDER BY time""")
-            ],
-            "ms",
-            ds=CH,
-            interval="1m",
-        ),
-        w=12,
-    )
+    lay.add(stats_ts("Success rate per interface", "success_rate", "interface", where_stats), w=12)
+    lay.add(stats_ts("p95 latency per interface", "p95_ms", "interface", where_stats), w=12)
     lay.add(
         table_panel(
             "Interfaces: volume, success rate and latency",
@@ -138,37 +113,20 @@ def app_drilldown() -> dashboard.Dashboard:
 
     lay.row("Errors (request_logs)")
     lay.add(
-        ts(
+        logs_ts(
             "Failures by error code",
-            [
-                SQL(f"""
-        SELECT $__timeInterval(request_time) AS time, toString(error_code) AS code, count() AS failures
-        FROM {DB}.request_logs
-        WHERE {where_logs} AND error_code != 0
-        GROUP BY time, code
-        ORDER BY time""")
-            ],
-            ds=CH,
+            "toString(error_code) AS code, count() AS failures",
+            "code",
+            f"{where_logs} AND error_code != 0",
             stack=True,
         ),
         w=12,
     )
+    causes = "min(request_time) AS first_seen, max(request_time) AS last_seen"
     lay.add(
         table_panel(
             "Exception causes",
-            [
-                SQL(
-                    f"""
-        SELECT interface, error_code, exception, count() AS failures,
-               min(request_time) AS first_seen, max(request_time) AS last_seen
-        FROM {DB}.request_logs
-        WHERE {where_logs} AND error_code != 0
-        GROUP BY interface, error_code, exception
-        ORDER BY failures DESC
-        LIMIT 50""",
-                    table_format=True,
-                )
-            ],
+            [SQL(exception_causes(causes, where_logs, 50), table_format=True)],
         ),
         w=12,
     )
@@ -195,39 +153,9 @@ def app_drilldown() -> dashboard.Dashboard:
             w=12,
             h=7,
         )
-    lay.add(
-        ts(
-            "Requests by region",
-            [
-                SQL(f"""
-        SELECT $__timeInterval(request_time) AS time, region, count() AS requests
-        FROM {DB}.request_logs
-        WHERE {where_logs}
-        GROUP BY time, region
-        ORDER BY time""")
-            ],
-            ds=CH,
-            stack=True,
-        ),
-        w=12,
-    )
-    lay.add(
-        ts(
-            "Error ratio by platform",
-            [
-                SQL(f"""
-        SELECT $__timeInterval(request_time) AS time, platform,
-               countIf(error_code != 0) / count() AS error_ratio
-        FROM {DB}.request_logs
-        WHERE {where_logs}
-        GROUP BY time, platform
-        ORDER BY time""")
-            ],
-            "percentunit",
-            ds=CH,
-        ),
-        w=12,
-    )
+    lay.add(logs_ts("Requests by region", "region, count() AS requests", "region", where_logs, stack=True), w=12)
+    ratio = "platform,\n       countIf(error_code != 0) / count() AS error_ratio"
+    lay.add(logs_ts("Error ratio by platform", ratio, "platform", where_logs, "percentunit"), w=12)
 
     lay.row("Slowest requests (request_logs)")
     lay.add(
@@ -249,7 +177,7 @@ def app_drilldown() -> dashboard.Dashboard:
             ORDER BY latency_ms DESC
             LIMIT 100
         ) AS s
-        LEFT JOIN {APP_NAMES} AS n ON n.sdk_app_id = s.sdk_app_id
+        {JOIN_APP_NAMES}
         ORDER BY s.latency_ms DESC""",
                     table_format=True,
                 )

@@ -3,10 +3,26 @@ insert latency and batch sizes, end-to-end freshness, restarts and rebalances (P
 
 from __future__ import annotations
 
-from grafana_foundation_sdk.builders import dashboard
+from grafana_foundation_sdk.builders import dashboard, timeseries
 
-from pipeline.monitoring.panels import JOB, PROM, Layout, new_board, promql, stat_panel, table_panel, ts
+from pipeline.monitoring.panels import (
+    JOB,
+    PROM,
+    Layout,
+    Steps,
+    new_board,
+    promql,
+    red_from,
+    stat_panel,
+    table_panel,
+    ts,
+)
 from pipeline.monitoring.slo import load_spec
+
+
+def per_worker(title: str, expr: str, unit: str = "short") -> timeseries.Panel:
+    """A time series of one PromQL expression with one series per worker (``instance``)."""
+    return ts(title, [promql(expr, "{{instance}}")], unit)
 
 
 def pipeline_health() -> dashboard.Dashboard:
@@ -22,57 +38,26 @@ def pipeline_health() -> dashboard.Dashboard:
     lay = Layout(board)
     lag = f"max by (topic, partition) (imtel_consumer_lag{{{JOB}}})"
     lay.row("Status")
-    lay.add(
-        stat_panel("Workers up", promql(f"sum(up{{{JOB}}})"), steps=((None, "red"), (1, "green"))), w=4, h=4
+
+    def status(title: str, expr: str, steps: Steps, unit: str = "short") -> None:
+        lay.add(stat_panel(title, promql(expr), unit, steps=steps), w=4, h=4)
+
+    up = ((None, "red"), (1, "green"))
+    status("Workers up", f"sum(up{{{JOB}}})", up)
+    status("ClickHouse reachable (workers)", f"sum(imtel_clickhouse_up{{{JOB}}})", up)
+    status("Workers paused", f"sum(imtel_consumption_paused{{{JOB}}})", red_from(1))
+    status("Consumer lag (records)", f"sum({lag})", red_from(float(p["consumer_lag_records"])))
+    status(
+        "Freshness p99 (5m)",
+        f"histogram_quantile(0.99, sum by (le) (rate(imtel_freshness_seconds_bucket{{{JOB}}}[5m])))",
+        red_from(float(p["freshness_p99_seconds"])),
+        "s",
     )
-    lay.add(
-        stat_panel(
-            "ClickHouse reachable (workers)",
-            promql(f"sum(imtel_clickhouse_up{{{JOB}}})"),
-            steps=((None, "red"), (1, "green")),
-        ),
-        w=4,
-        h=4,
-    )
-    lay.add(
-        stat_panel(
-            "Workers paused",
-            promql(f"sum(imtel_consumption_paused{{{JOB}}})"),
-            steps=((None, "green"), (1, "red")),
-        ),
-        w=4,
-        h=4,
-    )
-    lay.add(
-        stat_panel(
-            "Consumer lag (records)",
-            promql(f"sum({lag})"),
-            steps=((None, "green"), (float(p["consumer_lag_records"]), "red")),
-        ),
-        w=4,
-        h=4,
-    )
-    lay.add(
-        stat_panel(
-            "Freshness p99 (5m)",
-            promql(
-                f"histogram_quantile(0.99, sum by (le) (rate(imtel_freshness_seconds_bucket{{{JOB}}}[5m])))"
-            ),
-            "s",
-            steps=((None, "green"), (float(p["freshness_p99_seconds"]), "red")),
-        ),
-        w=4,
-        h=4,
-    )
-    lay.add(
-        stat_panel(
-            "Since last write",
-            promql(f"time() - max(imtel_last_write_timestamp_seconds{{{JOB}}})"),
-            "s",
-            steps=((None, "green"), (float(p["write_stall_seconds"]), "red")),
-        ),
-        w=4,
-        h=4,
+    status(
+        "Since last write",
+        f"time() - max(imtel_last_write_timestamp_seconds{{{JOB}}})",
+        red_from(float(p["write_stall_seconds"])),
+        "s",
     )
 
     lay.row("Throughput")
@@ -234,28 +219,12 @@ def pipeline_health() -> dashboard.Dashboard:
         ),
         w=12,
     )
-    lay.add(
-        ts(
-            "Time since last acknowledged write",
-            [
-                promql(
-                    f"time() - max by (instance) (imtel_last_write_timestamp_seconds{{{JOB}}})",
-                    "{{instance}}",
-                )
-            ],
-            "s",
-        ),
-        w=12,
-    )
+    since_write = f"time() - max by (instance) (imtel_last_write_timestamp_seconds{{{JOB}}})"
+    lay.add(per_worker("Time since last acknowledged write", since_write, "s"), w=12)
 
     lay.row("Workers")
-    lay.add(
-        ts(
-            "Restarts (process start time changes)",
-            [promql(f"changes(process_start_time_seconds{{{JOB}}}[$__rate_interval])", "{{instance}}")],
-        ),
-        w=6,
-    )
+    restarts = f"changes(process_start_time_seconds{{{JOB}}}[$__rate_interval])"
+    lay.add(per_worker("Restarts (process start time changes)", restarts), w=6)
     lay.add(
         ts(
             "Rebalances",
@@ -273,17 +242,8 @@ def pipeline_health() -> dashboard.Dashboard:
         ),
         w=6,
     )
-    lay.add(
-        ts(
-            "CPU",
-            [promql(f"rate(process_cpu_seconds_total{{{JOB}}}[$__rate_interval])", "{{instance}}")],
-            "percentunit",
-        ),
-        w=6,
-    )
-    lay.add(
-        ts("Memory (RSS)", [promql(f"process_resident_memory_bytes{{{JOB}}}", "{{instance}}")], "bytes"), w=6
-    )
+    lay.add(per_worker("CPU", f"rate(process_cpu_seconds_total{{{JOB}}}[$__rate_interval])", "percentunit"), w=6)
+    lay.add(per_worker("Memory (RSS)", f"process_resident_memory_bytes{{{JOB}}}", "bytes"), w=6)
     lay.add(
         table_panel(
             "Versions running",
