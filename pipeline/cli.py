@@ -133,7 +133,7 @@ def cmd_embedded(args: argparse.Namespace) -> int:
         if args.rate > 0:
             generator = subprocess.Popen(
                 [sys.executable, "-m", "pipeline.cli", "generate", "--bootstrap", s.kafka_bootstrap,
-                 "--rate", str(args.rate), "--samples", "--invalid-ratio", str(args.invalid_ratio)]
+                 "--rate", str(args.rate), "--samples", "--register-apps", "--invalid-ratio", str(args.invalid_ratio)]
                 + (["--incident-app", str(args.incident_app)] if args.incident_app else []),
                 start_new_session=True)
         print(f"[imtel] broker 127.0.0.1:{port} ({kind}) | store {redact_dsn(s.clickhouse_dsn)} | metrics "
@@ -171,7 +171,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         sent = produce(bootstrap, args.topic or s.topic_request_logs,
                        s.topic_monitoring_samples if args.samples else None, args.rate, args.count,
                        batch=args.batch, seed=args.seed, invalid_ratio=args.invalid_ratio, incident=incident,
-                       kafka_config=conf)
+                       kafka_config=conf, register_topic=s.topic_applications if args.register_apps else None)
     except KeyboardInterrupt:
         return 0
     print(f"sent {sent} records")
@@ -475,6 +475,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--invalid-ratio", type=_ratio, default=0.0, help="share of malformed messages")
     g.add_argument("--incident-app", type=int, default=0, help="sdk_app_id whose errors/latency jump")
     g.add_argument("--samples", action="store_true", help="also send monitoring samples")
+    g.add_argument("--register-apps", action="store_true",
+                   help="first publish the generated apps' names to the application registry topic")
     m = add("migrate", cmd_migrate, "apply ClickHouse migrations and reconcile TTLs with the retention policy")
     m.add_argument("--cluster", default="", help="render ON CLUSTER + Replicated engines for this cluster")
     m.add_argument("--policy", help="retention policy file (default: schemas/retention.yaml)")

@@ -3,10 +3,15 @@
 Pure functions from numbers to SVG text: no script, no fonts, no network, so a report opens anywhere
 (an air-gapped laptop, a ticket attachment, a print-out) and renders the same. Every text that comes
 from data is escaped; every mark carries a ``<title>`` so hovering a point shows its value.
+
+A line chart can mark *incomplete* spans (a time bucket the clock or the range cut, e.g. the current
+minute): they are shaded and labelled, lines into their points are dashed and the points hollow, so a
+partial bucket's lower count reads as "not over yet" rather than as a sudden drop.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -69,8 +74,12 @@ def _num(v: float) -> str:
 
 
 def line_chart(chart_id: str, label: str, series: Sequence[Series], x_start: float, x_end: float,
-               fmt: Callable[[float], str], width: int = 900, height: int = 280) -> str:
-    """A time-series line chart; gaps (None) break the line, a lone point is drawn as a dot."""
+               fmt: Callable[[float], str], width: int = 900, height: int = 280,
+               incomplete: Sequence[tuple[float, float]] = ()) -> str:
+    """A time-series line chart; gaps (None) break the line, a lone point is drawn as a dot.
+
+    ``incomplete``: [start, end) spans of buckets whose data is partial; points at times within them
+    are drawn hollow, joined by dashed lines, over a shaded band labelled "incomplete"."""
     left, right, top, bottom = 72, 16, 34, 30
     plot_w, plot_h = width - left - right, height - top - bottom
     values = [y for s in series for _, y in s.points if y is not None and math.isfinite(y)]
@@ -96,6 +105,21 @@ def line_chart(chart_id: str, label: str, series: Sequence[Series], x_start: flo
         out.append(f'<text x="{_num(x(tt))}" y="{top + plot_h + 17}" text-anchor="middle" fill="#555">'
                    f'{escape(time_label(tt, span))}</text>')
     out.append(f'<line x1="{left}" x2="{width - right}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="#888"/>')
+    for start, end in incomplete:
+        a, b = max(start, x_start), min(end, x_end)  # the shaded part: inside the plot
+        if b <= a:
+            continue
+        when = f"{datetime.fromtimestamp(start, UTC):%H:%M:%S}-{datetime.fromtimestamp(end, UTC):%H:%M:%S}"
+        out.append(f'<rect class="incomplete" x="{_num(x(a))}" y="{top}" width="{_num(max(x(b) - x(a), 1.0))}" '
+                   f'height="{plot_h}" fill="#eef0f3"><title>incomplete bucket {when} UTC: its data is partial'
+                   '</title></rect>')
+        if x(b) - x(a) >= 48:
+            out.append(f'<text x="{_num((x(a) + x(b)) / 2)}" y="{top + 11}" text-anchor="middle" fill="#6c757d" '
+                       'font-size="10">incomplete</text>')
+
+    def partial(t: float) -> bool:
+        return any(a <= t < b for a, b in incomplete)
+
     legend_x = left
     for s in series:
         out.append(f'<rect x="{legend_x}" y="8" width="12" height="12" rx="2" fill="{s.color}"/>'
@@ -114,15 +138,28 @@ def line_chart(chart_id: str, label: str, series: Sequence[Series], x_start: flo
         for seg in filter(None, segments):
             if len(seg) == 1:
                 continue
-            d = " ".join(f"{'M' if i == 0 else 'L'}{_num(x(t))},{_num(y(v))}" for i, (t, v) in enumerate(seg))
-            out.append(f'<path class="series" data-series="{escape(s.name)}" d="{d}" fill="none" '
-                       f'stroke="{s.color}" stroke-width="2" stroke-linejoin="round"/>')
+            # runs of complete points are solid; a step into or out of an incomplete point is dashed
+            runs: list[tuple[bool, list[tuple[float, float]]]] = []
+            for prev, cur in itertools.pairwise(seg):
+                dashed = partial(prev[0]) or partial(cur[0])
+                if runs and runs[-1][0] == dashed:
+                    runs[-1][1].append(cur)
+                else:
+                    runs.append((dashed, [prev, cur]))
+            for dashed, run in runs:
+                d = " ".join(f"{'M' if i == 0 else 'L'}{_num(x(t))},{_num(y(v))}" for i, (t, v) in enumerate(run))
+                out.append(f'<path class="{"series incomplete" if dashed else "series"}" '
+                           f'data-series="{escape(s.name)}" d="{d}" fill="none" stroke="{s.color}" stroke-width="2" '
+                           + ('stroke-dasharray="5 4" ' if dashed else "") + 'stroke-linejoin="round"/>')
         points = [(t, v) for seg in segments for t, v in seg]
-        if len(points) <= 240:
+        if len(points) <= 240 or any(partial(t) for t, _ in points):
             for t, v in points:
+                if len(points) > 240 and not partial(t):
+                    continue
                 when = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
-                out.append(f'<circle cx="{_num(x(t))}" cy="{_num(y(v))}" r="2.5" fill="{s.color}">'
-                           f'<title>{escape(s.name)} {escape(when)} UTC: {escape(fmt(v))}</title></circle>')
+                fill, note = ("#fff", " (incomplete bucket)") if partial(t) else (s.color, "")
+                out.append(f'<circle cx="{_num(x(t))}" cy="{_num(y(v))}" r="2.5" fill="{fill}" stroke="{s.color}">'
+                           f'<title>{escape(s.name)} {escape(when)} UTC: {escape(fmt(v))}{note}</title></circle>')
     out.append("</svg>")
     return "".join(out)
 

@@ -11,6 +11,12 @@ escaped.
 Sections: summary (requests, success rate, error rate against the previous period of the same length,
 latency percentiles), latency percentiles over time, error rate over time, requests and failures over
 time, top exception causes, failing and slow interfaces, regions and platforms, registry entry.
+
+The charts mark incomplete buckets (``incomplete_buckets``): the step that is still running when the
+report is generated (``ReportData.generated``, the clock) or that the range cuts. Its counts are partial:
+the requests-and-failures chart leaves them out (a shaded band says the step is incomplete) instead
+of drawing a sudden drop in traffic; the ratio charts (latency percentiles, error rate), which a part
+of a step still estimates, draw them hollow and dashed over the same band.
 """
 
 from __future__ import annotations
@@ -207,6 +213,25 @@ def _series(rows: Sequence[Row], key: str, scale: float = 1.0) -> list[tuple[flo
     return out
 
 
+def incomplete_buckets(rows: Sequence[Row], req: ReportRequest, step: int, now: datetime) -> list[tuple[float, float]]:
+    """[start, end) of the series' buckets that do not hold a whole step of data: the one the clock
+    (``now``) or the end of the range cuts (the last, still filling), and one starting before the range
+    (its first part is outside the query)."""
+    start, limit = req.start.timestamp(), min(req.end, now).timestamp()
+    spans = []
+    for row in rows:
+        t = _utc(row["time"]).timestamp()
+        if t < start or t + step > limit:
+            spans.append((t, t + step))
+    return spans
+
+
+def _whole(points: list[tuple[float, float | None]], spans: Sequence[tuple[float, float]]
+           ) -> list[tuple[float, float | None]]:
+    """The points outside incomplete buckets (a partial count is not comparable with whole steps)."""
+    return [(t, v) for t, v in points if not any(a <= t < b for a, b in spans)]
+
+
 def _gaps(points: list[tuple[float, float | None]], step: int) -> list[tuple[float, float | None]]:
     """Insert a gap where steps are missing (no requests), so a line does not bridge an outage."""
     out: list[tuple[float, float | None]] = []
@@ -259,20 +284,21 @@ def render(d: ReportData) -> str:
     req, step = d.request, d.request.step_s
     x0, x1 = req.start.timestamp(), req.end.timestamp()
     series = d.series
+    partial = incomplete_buckets(series, req, step, d.generated)
     latency = charts.line_chart(
         "latency", "Latency percentiles over time (ms)",
         [charts.Series(f"p{q}", _gaps(_series(series, f"p{q}_ms"), step), color)
          for q, color in ((50, charts.PALETTE[0]), (95, charts.PALETTE[1]), (99, charts.PALETTE[2]))],
-        x0, x1, lambda v: f"{v:,.0f} ms")
+        x0, x1, lambda v: f"{v:,.0f} ms", incomplete=partial)
     errors = charts.line_chart(
         "error-rate", "Error rate over time",
         [charts.Series("error rate", _gaps(_series(series, "error_rate"), step), charts.PALETTE[2])],
-        x0, x1, lambda v: f"{v * 100:.3g}%")
+        x0, x1, lambda v: f"{v * 100:.3g}%", incomplete=partial)
     volume = charts.line_chart(
         "requests", "Requests and failures per step",
-        [charts.Series("requests", _gaps(_series(series, "requests"), step), charts.PALETTE[0]),
-         charts.Series("failures", _gaps(_series(series, "failures"), step), charts.PALETTE[2])],
-        x0, x1, lambda v: f"{v:,.0f}")
+        [charts.Series("requests", _gaps(_whole(_series(series, "requests"), partial), step), charts.PALETTE[0]),
+         charts.Series("failures", _gaps(_whole(_series(series, "failures"), partial), step), charts.PALETTE[2])],
+        x0, x1, lambda v: f"{v:,.0f}", incomplete=partial)
     causes = charts.bar_chart(
         "top-causes", "Top exception causes (failed requests)",
         [(f"{r['error_code']} \u00b7 {r['exception'] or '(no cause given)'}", float(r["failures"]))
@@ -284,7 +310,7 @@ def render(d: ReportData) -> str:
         r = d.registry
         registry = (f"Registry: status {escape(_text(r.get('status')))}, created {escape(_when(r.get('created_at')))}"
                     + (f", terminated {escape(_when(r.get('terminated_at')))}" if r.get("terminated_at") else ""))
-    step_text = f"{step} s" if step < 60 else f"{step // 60} min"
+    step_text = (f"{step} s" if step < 60 else f"{step // 60} min") + (" (incomplete steps shaded)" if partial else "")
     cause_cols: list[Column] = [
         ("error_code", "Code", _text), ("exception", "Cause", _text), ("failures", "Failures", _count),
         ("share_of_app_failures", "Share", _pct), ("top_interfaces", "Interfaces", _text),

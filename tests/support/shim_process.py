@@ -1,4 +1,4 @@
-"""Run ``imtel engine`` (``pipeline/dev/engine.py``) with its fault admin listener explicitly
+"""Run ``imtel engine`` (``pipeline/dev/engine/``) with its fault admin listener explicitly
 enabled as a child process, and drive it from a test: DSNs, faults, SQL for assertions.
 
 The engine process owns the chDB store (one process per store); the test process never opens it. Test

@@ -20,6 +20,8 @@ CALENDAR = re.compile(r"datetime\(\s*2\d{3}\s*,|['\"]2\d{3}-[01]\d-[0-3]\d|\b1[6
 
 SAFE = {
     "unit/test_calendar_free.py": "the patterns above",
+    "unit/test_engine_native.py": "column values for the Native wire format, computed by chDB; no table, no TTL",
+    "integration/test_engine_clients.py": "a value in a scratch table without a TTL, read straight back",
     "unit/test_audit.py": "TTL clauses as text: the registry's '2099-12-31' sentinel, parsed, never stored",
     "unit/test_audit_registry.py": "plan_deletions and erasure notes with an injected NOW; no store",
     "unit/test_bench.py": "a results document's generated_at label",

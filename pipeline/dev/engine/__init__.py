@@ -28,8 +28,11 @@ and multi-statements. ``query_id`` must match a strict pattern before it is echo
 What it speaks: SQL in the ``query`` parameter and/or the body, ``param_*`` bound parameters,
 settings as URL parameters, the connect-time queries (version, timezone, ``system.settings``),
 ``INSERT ... FORMAT Native|Arrow|...`` with the data in the body (chunked and/or lz4/zstd/gzip/deflate
-encoded), errors as ClickHouse sends them (HTTP 5xx/4xx, ``X-ClickHouse-Exception-Code``, body
-``Code: N. DB::Exception: ...``) and the ``X-ClickHouse-Summary/-Format/-Query-Id/-Timezone`` headers.
+encoded; the statement's target may span lines), Native answers in the layout of the client's
+``client_protocol_version`` (>= 54454, as clickhouse-go asks: ``native``), errors as ClickHouse
+sends them (HTTP 5xx/4xx, ``X-ClickHouse-Exception-Code``, body ``Code: N. DB::Exception: ...``) and
+the ``X-ClickHouse-Summary/-Format/-Query-Id/-Timezone`` headers. ClickHouse's own block compression
+(``compress=1``/``decompress=1``) is refused with one error line before the body is read.
 Every statement runs on the real engine, so what passes through here is real SQL on real data.
 
 For tests only, and only when started with ``--fault-admin-port``: a loopback admin listener that
@@ -44,7 +47,8 @@ Where each part lives (this package re-exports what the CLI, the tests and the b
 ``server`` (the process, its listeners, ``serve``), ``handler`` (one connection's HTTP exchanges),
 ``access`` (password, token file, Host/Origin, TLS), ``limits`` (caps, deadlines, connection pool),
 ``guard`` (the SQL guard), ``store`` (statements on chDB), ``protocol`` (ClickHouse codes, URL
-parameters, statement parsing); the fault book is ``pipeline.dev.engine_faults``.
+parameters, statement parsing), ``native`` (Native answers for a client's protocol revision); the
+fault book is ``pipeline.dev.engine_faults``.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pipeline.dev.engine.guard import SqlGuard
 from pipeline.dev.engine.limits import BUSY, DRAIN_BYTES, DeadlineReader, Limits, Pool, decode_body, too_big
+from pipeline.dev.engine.native import NativeUnsupported, for_revision
 from pipeline.dev.engine.protocol import (
     HEADER_VALUE,
     HTTP_STATUS,
@@ -33,8 +34,10 @@ from pipeline.dev.engine.protocol import (
     TRANSPORT_PARAMS,
     EngineError,
     Statement,
+    client_revision,
     content_type,
     parse_statement,
+    refuse_native_compression,
 )
 from pipeline.dev.engine.store import Engine, RejectedError
 from pipeline.dev.engine_faults import Fault, FaultBook
@@ -134,6 +137,7 @@ class Handler(BaseHTTPRequestHandler):
             if url.path != "/" and not (url.path == "/__faults" and listener.admin):
                 return self._send(404, b"Not found\n", {"Content-Type": "text/plain"})
             srv.authenticate(self.headers, params)  # before a byte of the body is read
+            refuse_native_compression(params)  # its body could not be read anyway
             body = decode_body(self._read_body(), self.headers.get("Content-Encoding"), self.limits.max_decoded_bytes)
             if url.path == "/__faults":
                 return self._control(body)
@@ -168,6 +172,7 @@ class Handler(BaseHTTPRequestHandler):
         default_format = params.get("default_format")
         if default_format is not None and not IDENTIFIER.match(default_format):
             raise EngineError.of(73, "Unknown format: default_format must be a format name")
+        revision = client_revision(params)
         try:
             answer = srv.engine.execute(stmt, database=params.get("database"), settings=settings, params=bound,
                                         default_format=default_format, rejects=rejects)
@@ -176,11 +181,18 @@ class Handler(BaseHTTPRequestHandler):
             raise exc.error from None
         if stall is not None and stall.after:
             return self._drop(faults, stall)
+        body = answer.body
+        if answer.fmt and answer.fmt.lower() == "native":  # chDB writes revision 0; the client may read a newer one
+            try:
+                body = for_revision(body, revision)
+            except NativeUnsupported as exc:
+                raise EngineError.of(48, f"Cannot write Native for client_protocol_version {revision}: {exc}; "
+                                         "ask for another format (or client_protocol_version=0)") from None
         headers = {"X-ClickHouse-Summary": json.dumps(answer.summary),
                    "Content-Type": content_type(answer.fmt)}
         if answer.fmt:
             headers["X-ClickHouse-Format"] = answer.fmt
-        self._send(200, answer.body, headers, query_id, srv.engine.timezone)
+        self._send(200, body, headers, query_id, srv.engine.timezone)
 
     def _delay(self, faults: FaultBook, slow: Fault | None) -> None:
         if slow is None:

@@ -127,7 +127,8 @@ class Engine:
                     raise RejectedError(fault, EngineError.of(
                         117, f"Rejected by an injected fault: {found} row(s) of the block have the marker in "
                              f"column {fault.column}"))
-            result = self._run(f"INSERT INTO {stmt.target} FROM INFILE {_quote(block.name)} FORMAT {stmt.fmt}",
+            # A newline after the target: a comment ending it cannot swallow the rest of the statement.
+            result = self._run(f"INSERT INTO {stmt.target}\nFROM INFILE {_quote(block.name)} FORMAT {stmt.fmt}",
                                "TabSeparated")
         summary = _summary(result, start)
         summary.update(written_rows=summary["read_rows"], written_bytes=summary["read_bytes"])

@@ -1,0 +1,164 @@
+"""``imtel engine`` as a real process, read and written by the two clients it serves: clickhouse-connect
+(the pipeline's) and clickhouse-go's request shapes (the OpenTelemetry Collector's exporter).
+
+clickhouse-connect must read Native and Arrow answers exactly as before: it probes
+``client_protocol_version=54405`` and, finding no BlockInfo, reads revision-0 Native (protocol 0).
+clickhouse-go sends ``client_protocol_version=54483`` and reads the revision >= 54454 layout; it sends
+its ``INSERT`` over several lines in the ``query`` parameter with the Native data chunked in the body;
+its default ``compress=1`` is refused with one ClickHouse error line, the body unread.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import clickhouse_connect
+import pytest
+
+from pipeline.dev.engine.native import BLOCK_INFO
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+ROWS = 70_000  # more than one Native block of chDB's
+
+
+@dataclass
+class Engine:
+    proc: subprocess.Popen[bytes]
+    port: int
+    token: str
+
+    def client(self, **kwargs: Any) -> Any:
+        return clickhouse_connect.get_client(host="127.0.0.1", port=self.port, username="default",
+                                             password=self.token, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    work = tmp_path_factory.mktemp("engine-clients")
+    ready = work / "ready.json"
+    with open(work / "engine.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "engine", "--store", str(work / "store"),
+                                 "--port", "0", "--ready-file", str(ready)], cwd=REPO, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, (work / "engine.log").read_text()[-2000:]
+        time.sleep(0.05)
+    info = json.loads(ready.read_text())
+    running = Engine(proc, int(info["data"][0]), Path(info["password_file"]).read_text().strip())
+    client = running.client()
+    client.command("CREATE DATABASE IF NOT EXISTS otel")
+    client.command("CREATE TABLE otel.t (n UInt64, s String, a Array(String), m Map(String, UInt8), "
+                   "ns Nullable(String), lc LowCardinality(String), ts DateTime64(3, 'UTC')) "
+                   "ENGINE = MergeTree ORDER BY n")
+    client.command(f"INSERT INTO otel.t SELECT number, toString(number), [toString(number % 3)], map('k', number % 7), "
+                   f"if(number % 2 = 0, NULL, 'x'), toString(number % 5), toDateTime64(number, 3, 'UTC') "
+                   f"FROM numbers({ROWS})")
+    client.close()
+    yield running
+    proc.terminate()
+    proc.wait(15)
+
+
+def exchange(engine: Engine, method: str, params: dict[str, str], body: bytes = b"", chunked: bool = False,
+             ) -> tuple[int, dict[str, str], bytes]:
+    """One raw HTTP/1.1 request as clickhouse-go sends it (basic auth headers, optional chunked body)."""
+    target = "/?" + urllib.parse.urlencode(params)
+    head = [f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{engine.port}", "X-ClickHouse-User: default",
+            f"X-ClickHouse-Key: {engine.token}"]
+    if chunked:
+        head.append("Transfer-Encoding: chunked")
+        payload = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:7], body[7:]) if part) + b"0\r\n\r\n"
+    else:
+        head.append(f"Content-Length: {len(body)}")
+        payload = body
+    with socket.create_connection(("127.0.0.1", engine.port), timeout=30) as sock:
+        sock.sendall("\r\n".join(head).encode() + b"\r\n\r\n" + payload)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        head_bytes, _, rest = data.partition(b"\r\n\r\n")
+        lines = head_bytes.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        while len(rest) < int(headers.get("content-length", 0)):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+    return int(lines[0].split()[1]), headers, rest
+
+
+def test_clickhouse_connect_reads_native_and_arrow_as_before(engine: Engine) -> None:
+    client = engine.client()
+    try:
+        assert client.protocol_version == 0  # its probe for BlockInfo (revision 54405) finds revision-0 Native
+        result = client.query("SELECT n, s, a, m, ns, lc, ts FROM otel.t ORDER BY n")
+        assert result.row_count == ROWS
+        assert result.result_rows[1] == (1, "1", ["1"], {"k": 1}, "x", "1",
+                                         dt.datetime(1970, 1, 1, 0, 0, 1))
+        assert result.result_rows[-1][0] == ROWS - 1 and result.result_rows[0][4] is None
+        frame = client.query_df("SELECT n, s FROM otel.t WHERE n < 10 ORDER BY n")
+        assert list(frame["s"]) == [str(i) for i in range(10)]
+        table = client.query_arrow("SELECT n, lc FROM otel.t ORDER BY n")
+        assert table.num_rows == ROWS and table.column("n").to_pylist()[:3] == [0, 1, 2]
+        client.insert("otel.t", [[ROWS, "z", [], {}, None, "q", dt.datetime(2024, 1, 1)]],
+                      column_names=["n", "s", "a", "m", "ns", "lc", "ts"])
+        assert client.command("SELECT count() FROM otel.t") == ROWS + 1
+        client.command(f"DELETE FROM otel.t WHERE n = {ROWS}")
+    finally:
+        client.close()
+
+
+def test_native_answers_follow_client_protocol_version(engine: Engine) -> None:
+    sql = "SELECT n, s, a, m, ns, lc, ts FROM otel.t ORDER BY n"
+    plain = exchange(engine, "GET", {"query": sql, "default_format": "Native"})
+    new = exchange(engine, "GET", {"query": sql, "default_format": "Native", "client_protocol_version": "54483"})
+    assert plain[0] == new[0] == 200 and new[1]["x-clickhouse-format"] == "Native"
+    assert not plain[2].startswith(BLOCK_INFO) and new[2].startswith(BLOCK_INFO)
+    blocks = new[2].count(BLOCK_INFO + b"\x07")
+    assert blocks >= 2 and len(new[2]) == len(plain[2]) + blocks * (len(BLOCK_INFO) + 7)
+    hello = exchange(engine, "POST", {"query": "SELECT displayName(), version(), revision(), timezone()",
+                                      "default_format": "Native", "client_protocol_version": "54483"})
+    assert hello[0] == 200 and hello[2].startswith(BLOCK_INFO + b"\x04\x01")
+    unsupported = exchange(engine, "GET", {"query": "SELECT 1::Variant(UInt8, String) AS v",
+                                           "default_format": "Native", "client_protocol_version": "54483"})
+    assert unsupported[0] == 500 and unsupported[1]["x-clickhouse-exception-code"] == "48"
+    assert b"column 'v'" in unsupported[2]
+
+
+def test_the_exporters_multi_line_insert_with_a_chunked_body(engine: Engine) -> None:
+    status, _, data = exchange(engine, "GET", {
+        "query": "SELECT 9000000 AS n, 'otel' AS s, ['a'] AS a FROM numbers(3) FORMAT Native"})
+    assert status == 200
+    query = 'INSERT INTO "otel"."t" (\n    n,\n    s,\n    a\n) FORMAT Native'
+    status, headers, body = exchange(engine, "POST", {"query": query, "database": "otel",
+                                                      "client_protocol_version": "54483"}, data, chunked=True)
+    assert status == 200, body
+    assert json.loads(headers["x-clickhouse-summary"])["written_rows"] == "3"
+    status, _, body = exchange(engine, "GET", {"query": "SELECT count(), any(s) FROM otel.t WHERE n = 9000000"})
+    assert (status, body) == (200, b"3\totel\n")
+
+
+def test_native_block_compression_is_refused_before_the_body(engine: Engine) -> None:
+    for params in ({"compress": "1"}, {"decompress": "1"}):
+        status, headers, body = exchange(engine, "POST", {"query": "INSERT INTO otel.t (n) FORMAT Native", **params},
+                                         b"\x82" + b"\x00" * 100)
+        assert status == 500 and headers["x-clickhouse-exception-code"] == "48", body
+        assert body.startswith(b"Code: 48. DB::Exception: ") and body.count(b"\n") == 1
+    unauthenticated = socket.create_connection(("127.0.0.1", engine.port), timeout=10)
+    with unauthenticated:
+        unauthenticated.sendall(b"GET /?compress=1&query=SELECT%201 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert b" 401 " in unauthenticated.recv(65536).split(b"\r\n")[0] + b" "  # the password still comes first
