@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import importlib
 import json
 import os
@@ -49,10 +48,16 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path[:0] = [str(HERE), str(REPO)]
+sys.path[:0] = [str(REPO)]
 
-from build import ensure_otelcol  # noqa: E402
-from config import LOGS_TABLE, collector_config, write_config  # noqa: E402
+from pipeline.dev.bench.otelcol import (  # noqa: E402
+    LOGS_TABLE,
+    collector_config,
+    ensure_otelcol,
+    metric,
+    scrape,
+    write_config,
+)
 
 TICKS = os.sysconf("SC_CLK_TCK")
 PARTITIONS = 4  # the bench's (pipeline/dev/bench/broker.py)
@@ -224,27 +229,6 @@ def produce_workload(bootstrap: str, topic: str, name: str, records: int) -> Pro
 
 
 # -- the collector ----------------------------------------------------------------------------------
-def scrape(port: int) -> dict[str, float]:
-    """The collector's own metrics (Prometheus text), summed per metric name over labels."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-            text = resp.read().decode()
-    except (OSError, urllib.error.URLError):
-        return {}
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{[^}]*\})?\s+(\S+)", line)
-        if m:
-            with contextlib.suppress(ValueError):
-                out[m[1]] = out.get(m[1], 0.0) + float(m[2])
-    return out
-
-
-def metric(values: dict[str, float], name: str) -> float:
-    """A counter by its base name, with or without the ``_total`` suffix Prometheus adds."""
-    return values.get(name + "_total", values.get(name, 0.0))
-
-
 def free_port() -> int:
     import socket
 

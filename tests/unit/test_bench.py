@@ -272,12 +272,14 @@ def parse(*argv: str) -> Any:
 def test_options_expand_limit_and_reject_bad_input() -> None:
     o = parse("--contenders", "limit,pipeline", "--quick")
     assert o.contenders == ("pipeline", "limit-consume", "limit-insert") and o.quick and o.readme is None
-    assert o.records == {"a": 3_000, "b": 20_000} and o.short["b"] <= o.records["b"]
+    assert o.records == {"a": 3_000, "b": 20_000, "otlp": 10_000} and o.short["b"] <= o.records["b"]
     assert o.repeats == 1  # a smoke run: one window each
     full = parse()
-    assert full.contenders == ("pipeline", "pipeline-http", "naive-faust", "quix", "limit-consume", "limit-insert")
+    assert full.contenders == ("pipeline", "pipeline-http", "naive-faust", "quix", "limit-consume", "limit-insert",
+                               "otelcol")
+    assert full.workloads == ("a", "b", "otlp") and full.records["otlp"] == 1_000_000
     assert (full.repeats, full.min_window_s) == (3, 15.0) and parse("--repeats", "5").repeats == 5
-    assert full.http_workloads == ("a", "b") and parse("--http-workloads", "b").http_workloads == ("b",)
+    assert full.http_workloads == ("a", "b", "otlp") and parse("--http-workloads", "b").http_workloads == ("b",)
     assert full.runs_on("pipeline-http", "a") and not parse("--http-workloads", "b").runs_on("pipeline-http", "a")
     assert full.runs_on("quix", "b") and full.broker == "kafka" and parse("--broker", "tansu").broker == "tansu"
     assert full.out == Path("bench/results/latest.json") and full.readme == Path("README.md")
@@ -523,17 +525,109 @@ def test_a_new_contender_is_one_registry_entry(monkeypatch: pytest.MonkeyPatch) 
 
     assert contenders.expand(["limit", "pipeline"]) == (["pipeline", "limit-consume", "limit-insert"], [])
     assert contenders.expand(["flink"]) == ([], ["flink"])
-    assert contenders.default_list() == "pipeline,pipeline-http,naive-faust,quix,limit"
+    assert contenders.default_list() == "pipeline,pipeline-http,naive-faust,quix,limit,otelcol"
     assert all(":" in c.measure for c in contenders.REGISTRY.values())
-    extra = contenders.Contender("otelcol", "OpenTelemetry Collector", "bench.otelcol.contender:measure",
+    extra = contenders.Contender("vector", "Vector", "bench.vector:measure",
                                  engine="separate", workloads=("b",))
-    monkeypatch.setitem(contenders.REGISTRY, "otelcol", extra)
-    o = parse("--contenders", "pipeline,otelcol")
-    assert o.contenders == ("pipeline", "otelcol") and o.runs_on("otelcol", "b") and not o.runs_on("otelcol", "a")
+    monkeypatch.setitem(contenders.REGISTRY, "vector", extra)
+    o = parse("--contenders", "pipeline,vector")
+    assert o.contenders == ("pipeline", "vector") and o.runs_on("vector", "b") and not o.runs_on("vector", "a")
     doc = results_doc(70_000.0, 20_000.0)
-    doc["throughput"].append({**doc["throughput"][0], "contender": "otelcol", "records_per_s": 35_000.0})
+    doc["throughput"].append({**doc["throughput"][0], "contender": "vector", "records_per_s": 35_000.0})
     rows = report.table_rows(doc)
-    assert rows[-1][1] == "OpenTelemetry Collector" and rows[-1][-1] == "2.00x"
-    assert report.ratios(doc)["a"]["otelcol"] == 2.0
-    monkeypatch.delitem(contenders.REGISTRY, "otelcol")  # a results file from a version that had it
-    assert report.table_rows(doc)[-1][1] == "otelcol"
+    assert rows[-1][1] == "Vector" and rows[-1][-1] == "2.00x"
+    assert report.ratios(doc)["a"]["vector"] == 2.0
+    monkeypatch.delitem(contenders.REGISTRY, "vector")  # a results file from a version that had it
+    assert report.table_rows(doc)[-1][1] == "vector"
+
+
+# -- the OTLP workload and the OpenTelemetry Collector contender --------------------------------------
+def test_otlp_workload_carries_the_records_and_batches_of_b_as_export_logs_requests() -> None:
+    from pipeline.ingest import otlp
+
+    exp_b, exp_otlp = Expected(), Expected()
+    b = list(messages(workload("b", 4_000), END_MS, exp_b))
+    o = list(messages(workload("otlp", 4_000), END_MS, exp_otlp))
+    assert exp_b == exp_otlp and [(m.key, m.records) for m in b] == [(m.key, m.records) for m in o]
+    assert "OTLP/protobuf" in workload("otlp", 1).describe()
+    mapping = otlp.load_mapping()
+    for mb, mo in zip(b, o, strict=True):
+        assert otlp.sniff_encoding(mo.value) == "otlp_proto"  # what the worker tells it apart by
+        mapped, unmapped = otlp.map_request(otlp.parse_request(mo.value, "otlp_proto"), mapping)
+        assert unmapped == [] and len(mapped) == mo.records
+        # the pipeline's OTLP mapping gives back exactly b's records (an absent exception comes back as None)
+        assert [{k: v for k, v in r.items() if v is not None} for r in mapped] == decode_all(mb.value)
+        for rec in mapped:
+            msgspec.convert(rec, RequestLog)
+    with pytest.raises(ValueError, match="JSON workloads only"):
+        templates(workload("otlp", 10), 1)
+
+
+def test_otelcol_is_in_the_full_bench_but_not_in_quick_runs_unless_named() -> None:
+    assert "otelcol" in parse().contenders and "otelcol" not in parse("--quick").contenders
+    named = parse("--quick", "--contenders", "pipeline-http,otelcol", "--workloads", "a,otlp")
+    assert named.contenders == ("pipeline-http", "otelcol") and named.workloads == ("a", "otlp")
+    assert named.runs_on("otelcol", "otlp") and named.runs_on("pipeline-http", "otlp")
+    full = parse()
+    assert not full.runs_on("pipeline", "otlp") and not full.runs_on("quix", "otlp")  # OTLP: over HTTP only
+    assert not parse("--http-workloads", "a,b").runs_on("pipeline-http", "otlp")
+    assert parse("--records-otlp", "5000").records["otlp"] == 5000
+    with pytest.raises(ValueError, match="--http-workloads"):
+        parse("--http-workloads", "c")
+
+
+def test_collector_config_reads_the_topic_as_text_or_otlp_and_writes_uncompressed_to_the_engine(
+        tmp_path: Path) -> None:
+    from pipeline.dev.bench import otelcol
+
+    cfg = otelcol.collector_config("127.0.0.1:9092, 127.0.0.1:9093", "bench-a", "g1", "http://127.0.0.1:8123",
+                                   "default", "${env:" + otelcol.PASSWORD_ENV + "}", metrics_port=9999,
+                                   encoding=otelcol.encoding_for("otlp"))
+    receiver, exporter = cfg["receivers"]["kafka"], cfg["exporters"]["clickhouse"]
+    assert receiver["brokers"] == ["127.0.0.1:9092", "127.0.0.1:9093"] and receiver["initial_offset"] == "earliest"
+    assert receiver["logs"] == {"topics": ["bench-a"], "encoding": "otlp_proto"} and otelcol.encoding_for("b") == "text"
+    assert exporter["compress"] == "none" and exporter["async_insert"] is False
+    assert exporter["sending_queue"]["block_on_overflow"] is True  # never drops rows to look faster
+    assert (exporter["database"], exporter["logs_table_name"]) == ("otel", "otel_logs")
+    path = otelcol.write_config(cfg, tmp_path / "c.yaml")
+    assert "${env:IMTEL_OTELCOL_CH_PASSWORD}" in path.read_text() and path.stat().st_mode & 0o077 == 0
+    # rows it must write: one per log record on OTLP, one per Kafka message on our JSON topics
+    assert otelcol.expected_rows("otlp", 1000, 4) == (1000, "log records")
+    assert otelcol.expected_rows("b", 1000, 4) == (4, "Kafka messages")
+    # a batch carries ~8192 of our records whatever a log record holds (b: a message of 100-500)
+    assert otelcol.batch_size(1_000_000, 1_000_000) == 8192 and otelcol.batch_size(10_000, 3_000_000) == 27
+    values = otelcol.parse_metrics('# HELP x\notelcol_exporter_sent_log_records_total{exporter="clickhouse"} 5\n'
+                                   'otelcol_exporter_sent_log_records_total{exporter="debug"} 2\nup 1\n')
+    assert otelcol.metric(values, "otelcol_exporter_sent_log_records") == 7.0
+    assert otelcol.metric({"otelcol_receiver_accepted_log_records": 3.0}, "otelcol_receiver_accepted_log_records") == 3
+    assert otelcol.manifest_version() == otelcol.MANIFEST.read_text().split("version:")[1].split()[0]
+
+
+def test_otelcol_without_a_built_collector_nor_go_is_reported_not_run(monkeypatch: pytest.MonkeyPatch,
+                                                                        tmp_path: Path) -> None:
+    from pipeline.dev.bench import harness, otelcol
+    from pipeline.dev.bench.broker import Produced
+    from pipeline.dev.bench.runner import Target
+
+    monkeypatch.setenv("IMTEL_CACHE_DIR", str(tmp_path / "cache"))
+    assert otelcol.cached_binary()[1] is False
+
+    def no_go() -> str:
+        raise RuntimeError("Go toolchain not found (no 'go' on PATH nor /usr/local/go/bin/go); ocb needs it")
+
+    monkeypatch.setattr(otelcol, "find_go", no_go)
+    target = Target("a", Produced("bench-a"), Expected(), "127.0.0.1:1", tmp_path / "run")
+    m = otelcol.measure(parse(), target)  # returns before any engine or collector is started
+    assert not m.correct and m.extra["not_run"].startswith("the collector is not built: Go toolchain not found")
+    assert not (tmp_path / "run" / "engine.log").exists()
+    assert harness._line(m).startswith("[bench] otelcol/a: not run — the collector is not built: Go toolchain")
+    doc = results_doc(70_000.0, 20_000.0)
+    doc["throughput"].append(repeats.combine([m.as_json()]))
+    row = report.table_rows(doc)[-1]
+    assert row[1].startswith("OpenTelemetry Collector") and row[4] == row[9] == "not run" and row[-1] == "-"
+    text, markdown = report.render_text(doc), report.render_markdown(doc)
+    for out in (text, markdown):
+        assert "A different job (otelcol): its own schema" in out and "no exactly-once" in out
+        assert "no IP minimisation" in out and "no dead letters" in out
+        assert "Not run: OpenTelemetry Collector" in out and "Go toolchain not found" in out
+    assert not repeats.more_runs([m.as_json()])  # not run once: not tried again

@@ -10,7 +10,10 @@ ratios, goals, the terminal table, JSON, Markdown, the README section.
 
 ``pipeline-http`` is the same worker in the production topology: it writes over HTTP to ``imtel
 engine`` in its own process (``engine_process``), so its peak RSS is the worker's alone and the
-engine's CPU and RSS are reported beside it; it runs on both workloads (``--http-workloads``).
+engine's CPU and RSS are reported beside it; it runs on every workload (``--http-workloads``), the
+``otlp`` one (b's records as OpenTelemetry ``ExportLogsServiceRequest`` messages) included. The
+OpenTelemetry Collector (``otelcol``) writes to such an engine too, into its own table: a different
+job, said beside the table.
 
 The slow contenders (the naive faust agent, Quix Streams) read the ``-short`` topic: the same
 records from the start of the same stream (the naive agent's window lasts 15 s on them, Quix runs
@@ -94,10 +97,12 @@ def measure(o: Options, contender: str, target: Target) -> Measurement:
 def _line(m: Measurement, run: int = 1) -> str:
     took = f"[{m.extra.get('run_wall_s', 0):.0f} s]"
     who_run = f"{m.contender}/{m.workload}" + (f" run {run}" if run > 1 else "")
+    if m.extra.get("not_run"):
+        return f"[bench] {who_run}: not run — {m.extra['not_run'][:300]} {took}"
     if not m.correct:
         return f"[bench] {who_run}: void — {'; '.join(m.problems)[:300]} {took}"
     engine = m.extra.get("engine")
-    who = "worker " if engine else ""
+    who = ("collector " if m.contender == "otelcol" else "worker ") if engine else ""
     beside = (f" + engine process CPU {engine['cpu_s_per_million'] or 0:.1f} s/M, peak RSS "
               f"{engine['peak_rss_mb']:.0f} MB" if engine else "")
     return (f"[bench] {who_run}: {m.records:,} records in {m.seconds:.2f} s = "
@@ -318,6 +323,10 @@ def _versions(o: Options) -> dict[str, str]:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             out[dist] = "?"
+    if "otelcol" in o.contenders:
+        from pipeline.dev.bench.otelcol import manifest_version
+
+        out["otelcol-imtel (ocb)"] = manifest_version()
     if "quix" in o.contenders and o.quix_python.exists():
         lib = next(o.quix_python.parent.parent.glob("lib/python*/site-packages"), None)
         dist_info = next(lib.glob("quixstreams-*.dist-info"), None) if lib else None

@@ -12,7 +12,7 @@ import sys
 
 from pipeline.dev.bench.engine_process import start_engine
 from pipeline.dev.bench.options import REPO, Options
-from pipeline.dev.bench.runner import Measurement, Program, Target, measure_pipeline, measure_program
+from pipeline.dev.bench.runner import Measurement, Program, Target, measure_pipeline, measure_program, not_run
 
 
 def programs(o: Options) -> dict[str, Program]:
@@ -57,9 +57,7 @@ def naive_faust(o: Options, t: Target) -> Measurement:
 
 def quix(o: Options, t: Target) -> Measurement:
     if not o.quix_python.exists():
-        m = Measurement("quix", t.workload, t.produced.records)
-        m.problems.append(f"not installed: {o.quix_python} is missing (`make bench` creates .venv-quix)")
-        return m
+        return not_run("quix", t, f"not installed: {o.quix_python} is missing (`make bench` creates .venv-quix)")
     m = measure_program(programs(o)["quix"], t, o.timeout)
     m.notes.append(SHORT_NOTE)
     return m

@@ -13,11 +13,16 @@ from pipeline.dev.bench.repeats import MIN_WINDOW_S, REPEATS
 
 REPO = Path(__file__).resolve().parents[3]
 CONTENDERS = contenders.NAMES
+ALL_WORKLOADS = contenders.WORKLOADS
 DEFAULT_OUT = Path("bench/results/latest.json")
 # Record counts: large enough that the fast contenders' windows last seconds (a few polls of their
 # edges are then a small error) and the slow ones' reach MIN_WINDOW_S on the -short topic in one run.
-RECORDS = {"a": 1_000_000, "b": 3_000_000}
-SHORT = {"a": 150_000, "b": 300_000}
+# The OTLP workload holds the first records of b's stream (the same records, the same batches), in protobuf:
+# 1M of them, since building the protobuf messages costs ~10 us a record.
+RECORDS = {"a": 1_000_000, "b": 3_000_000, "otlp": 1_000_000}
+SHORT = {"a": 150_000, "b": 300_000, "otlp": 150_000}
+QUICK_RECORDS = {"a": 3_000, "b": 20_000, "otlp": 10_000}
+QUICK_SHORT = {"a": 2_000, "b": 10_000, "otlp": 5_000}
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,7 @@ class Options:
     keep: bool
     command: str
     profile: bool = True
-    http_workloads: tuple[str, ...] = ("a", "b")
+    http_workloads: tuple[str, ...] = ALL_WORKLOADS
     render: Path | None = None
     broker: str = "kafka"
     repeats: int = REPEATS
@@ -50,19 +55,27 @@ class Options:
     workloads_of: dict[str, tuple[str, ...]] = field(default_factory=dict)  # contender -> workloads it runs on
 
     def runs_on(self, contender: str, workload: str) -> bool:
-        return workload in self.workloads_of.get(contender, contenders.WORKLOADS)
+        default = contenders.REGISTRY[contender].workloads if contender in contenders.REGISTRY else ()
+        return workload in self.workloads_of.get(contender, default)
 
 
 # -- command line ------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``imtel bench``."""
-    p.add_argument("--contenders", default=contenders.default_list(),
+    p.add_argument("--contenders", default=None,
                    help=f"comma list of {contenders.cli_names()} (pipeline-http: the worker writing over HTTP to "
-                        "`imtel engine` in its own process; limit = limit-consume + limit-insert)")
-    p.add_argument("--http-workloads", default="a,b", help="workloads pipeline-http runs on (comma list; default a,b)")
-    p.add_argument("--workloads", default="a,b", help="a: one record per message; b: 100-500 records per message")
+                        "`imtel engine` in its own process; limit = limit-consume + limit-insert; otelcol: the "
+                        "OpenTelemetry Collector, built with Go on first use). Default: "
+                        f"{contenders.default_list()} ({contenders.default_list(quick=True)} with --quick)")
+    p.add_argument("--http-workloads", default=",".join(contenders.WORKLOADS),
+                   help="workloads pipeline-http runs on (comma list; default all)")
+    p.add_argument("--workloads", default=",".join(contenders.WORKLOADS),
+                   help="a: one record per message; b: 100-500 records per message; otlp: b's records as OTLP/protobuf "
+                        "ExportLogsServiceRequest messages (pipeline-http and otelcol only)")
     p.add_argument("--records-a", type=int, default=None, help=f"records of workload a (default {RECORDS['a']})")
     p.add_argument("--records-b", type=int, default=None, help=f"records of workload b (default {RECORDS['b']})")
+    p.add_argument("--records-otlp", type=int, default=None,
+                   help=f"records of workload otlp (default {RECORDS['otlp']}: the first of b's)")
     p.add_argument("--short-a", type=int, default=None,
                    help=f"records of a the naive agent and Quix read ({SHORT['a']})")
     p.add_argument("--short-b", type=int, default=None,
@@ -98,19 +111,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def options(args: argparse.Namespace, argv: list[str]) -> Options:
     """Validate the command line into ``Options`` (ValueError with one sentence when wrong)."""
-    wanted = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    quick = bool(args.quick)
+    given = args.contenders if args.contenders is not None else contenders.default_list(quick=quick)
+    wanted = [c.strip() for c in given.split(",") if c.strip()]
     expanded, unknown = contenders.expand(wanted)
     if unknown or not expanded:
         raise ValueError(f"unknown contender {', '.join(unknown) or '(none)'}: use {contenders.cli_names()}")
     order = tuple(expanded)
     loads = tuple(dict.fromkeys(x.strip() for x in args.workloads.split(",") if x.strip()))
-    if not loads or set(loads) - {"a", "b"}:
-        raise ValueError("--workloads takes a, b or a,b")
-    quick = bool(args.quick)
-    records = {"a": _given(args.records_a, 3_000 if quick else RECORDS["a"]),
-               "b": _given(args.records_b, 20_000 if quick else RECORDS["b"])}
-    short = {"a": _given(args.short_a, 2_000 if quick else SHORT["a"]),
-             "b": _given(args.short_b, 10_000 if quick else SHORT["b"])}
+    if not loads or set(loads) - set(contenders.WORKLOADS):
+        raise ValueError(f"--workloads takes a comma list of {', '.join(contenders.WORKLOADS)}")
+    base, base_short = (QUICK_RECORDS, QUICK_SHORT) if quick else (RECORDS, SHORT)
+    records = {"a": _given(args.records_a, base["a"]), "b": _given(args.records_b, base["b"]),
+               "otlp": _given(getattr(args, "records_otlp", None), base["otlp"])}
+    short = {"a": _given(args.short_a, base_short["a"]), "b": _given(args.short_b, base_short["b"]),
+             "otlp": base_short["otlp"]}
     for name, n in (*records.items(), *short.items()):
         if n <= 0:
             raise ValueError(f"record counts must be positive (got {n} for {name})")
@@ -131,8 +146,8 @@ def options(args: argparse.Namespace, argv: list[str]) -> Options:
     if set(fresh_loads) - {"a", "b"}:
         raise ValueError("--freshness-workloads takes a, b or a,b")
     http_loads = tuple(x.strip() for x in args.http_workloads.split(",") if x.strip())
-    if set(http_loads) - {"a", "b"}:
-        raise ValueError("--http-workloads takes a, b or a,b")
+    if set(http_loads) - set(contenders.WORKLOADS):
+        raise ValueError(f"--http-workloads takes a comma list of {', '.join(contenders.WORKLOADS)}")
     if args.timeout is not None and args.timeout <= 0:
         raise ValueError("--timeout must be positive")
     runs = _given(args.repeats, 1 if quick else REPEATS)

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pipeline.dev.bench.contenders import REGISTRY, title
+from pipeline.dev.bench.contenders import REGISTRY, differs, title
 from pipeline.dev.bench.repeats import steadiness
 from pipeline.dev.bench.speed import SLOW_FACTOR
 
@@ -26,7 +26,7 @@ ENGINE_CPU = 3.0  # the engine process's CPU-s per million stored records
 RSS_WORKER_MB, RSS_EMBEDDED_MB = 250.0, 500.0
 FRESH_P99_S = 2.0
 QUIX_RATIO, FAUST_RATIO = 2.0, 5.0
-LOADS = {"a": "one record per message", "b": "batched messages"}
+LOADS = {"a": "one record per message", "b": "batched messages", "otlp": "OTLP/protobuf messages"}
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
@@ -410,10 +410,32 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
             if r is None:
                 continue
             ratio = "" if contender == "pipeline" else _ratio_text(rat.get(workload, {}).get(contender))
+            verdict = "✓" if r["correct"] else "not run" if _not_run(r) else "void"
+            if _not_run(r):
+                out.append([workload, title(contender), f"{r['records']:,}", "-", "not run", "-", "-", "-", "-",
+                            verdict, ratio])
+                continue
             out.append([workload, title(contender), f"{r['records']:,}", _windows_cell(r),
                         _with_range(r, "records_per_s", 0, thousands=True) if r["correct"] else "void",
                         _with_range(r, "cpu_s_per_million", 2), _with_range(r, "peak_rss_mb", 0), _engine_cell(r),
-                        _freshness_cell(results, contender, workload), "✓" if r["correct"] else "void", ratio])
+                        _freshness_cell(results, contender, workload), verdict, ratio])
+    return out
+
+
+def _not_run(row: dict[str, Any]) -> str:
+    """Why a contender did not run here ("" when it ran: a measurement, correct or void)."""
+    return str(row.get("extra", {}).get("not_run") or "")
+
+
+def different_jobs(results: dict[str, Any]) -> list[str]:
+    """One line per contender of the results whose job differs from the pipeline's (``Contender.differs``),
+    and one per contender that was not run, with its reason."""
+    rows = results["throughput"]
+    out = [f"A different job ({c}): {differs(c)}. Its rows are not the pipeline's: read its figures as "
+           "what a generic Kafka -> ClickHouse log shipper costs on this machine for the same records, not as a "
+           "peer doing the same work." for c in _order(rows) if differs(c)]
+    out += [f"Not run: {title(r['contender'])} on workload {r['workload']}: {_not_run(r)}" for r in rows
+            if _not_run(r)]
     return out
 
 
@@ -450,7 +472,7 @@ def render_text(results: dict[str, Any]) -> str:
     out += ["  " + line for line in goal_lines(results)]
     ceilings = ceiling_lines(results)
     out += ["", "ceilings (records/s):", *["  " + line for line in ceilings]] if ceilings else []
-    out += ["", *_caveats(results)]
+    out += ["", *different_jobs(results), *_caveats(results)]
     return "\n".join(out) + "\n"
 
 
@@ -465,6 +487,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     md += [f"- {line}" for line in goal_lines(results)]
     ceilings = ceiling_lines(results)
     md += ["", "Ceilings (records/s):", "", *[f"- {line}" for line in ceilings]] if ceilings else []
+    md += ["", *[f"{c}" for c in different_jobs(results)]]
     md += ["", *[f"{c}" for c in _caveats(results)]]
     return "\n".join(md) + "\n"
 
@@ -481,8 +504,8 @@ def _broker_text(results: dict[str, Any]) -> str:
 def _workload_text(results: dict[str, Any]) -> str:
     parts = []
     for name, w in sorted(results["workloads"].items()):
-        parts.append(f"workload {name}: {w['description']}, {w['records']:,} records ({w['short_records']:,} for the "
-                     "naive faust agent and Quix)")
+        short = f" ({w['short_records']:,} for the naive faust agent and Quix)" if name in ("a", "b") else ""
+        parts.append(f"workload {name}: {w['description']}, {w['records']:,} records{short}")
     return "; ".join(parts)
 
 

@@ -77,6 +77,15 @@ class Measurement:
         return asdict(self)
 
 
+def not_run(contender: str, t: Target, reason: str) -> Measurement:
+    """A contender that could not run here (not installed, not built): reported as not run with the
+    reason, never as a measurement (it is not correct, so the harness does not run it again)."""
+    m = Measurement(contender, t.workload, t.produced.records)
+    m.extra["not_run"] = reason
+    m.problems.append(f"not run: {reason}")
+    return m
+
+
 @dataclass
 class Target:
     """Where a contender reads and what it must end up with."""
