@@ -161,6 +161,10 @@ def test_rendering_and_the_readme_markers(tmp_path: Path) -> None:
     updated = readme.read_text()
     assert "old table" not in updated and "| a | imtel pipeline |" in updated and updated.endswith("rest\n")
     assert report.update_readme(readme, md) and readme.read_text() == updated  # idempotent
+    short = report.render_readme(doc)  # what the bench writes into the README: the table and one line on goals
+    assert short.startswith(md.split("\n\nGoals")[0]) and "Goals (per worker" not in short
+    met = sum(1 for g in doc["goals"] if g["met"] is True)
+    assert f"Goals: {met} met," in short and "bench/results/latest.md" in short
     plain = tmp_path / "plain.md"
     plain.write_text("no markers\n")
     assert not report.update_readme(plain, md) and plain.read_text() == "no markers\n"

@@ -347,7 +347,7 @@ def write(o: Options, results: dict[str, Any]) -> None:
     o.out.with_suffix(".md").write_text(markdown)
     print(f"\n[bench] results: {o.out} (+ {o.out.with_suffix('.md').name})", flush=True)
     if o.readme is not None:
-        if report.update_readme(o.readme, markdown):
+        if report.update_readme(o.readme, report.render_readme(results)):
             print(f"[bench] {o.readme}: Performance table updated", flush=True)
         else:
             print(f"[bench] {o.readme}: no {report.START} … {report.END} markers, left as it is", flush=True)

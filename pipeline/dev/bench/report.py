@@ -476,13 +476,30 @@ def render_text(results: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def render_markdown(results: dict[str, Any]) -> str:
-    """The Markdown the README's Performance section shows (between the bench markers)."""
+def _markdown_table(results: dict[str, Any]) -> list[str]:
+    """The run's one-line description and its table."""
     rows = table_rows(results)
     md = [f"Measured {results['generated_at'][:16].replace('T', ' ')} UTC on {_machine_text(results)} with "
           f"`{results['command']}`, {_broker_text(results)}; {_workload_text(results)}.", "",
           "| " + " | ".join(rows[0]) + " |", "|" + "|".join("---" for _ in rows[0]) + "|"]
-    md += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return md + ["| " + " | ".join(r) + " |" for r in rows[1:]]
+
+
+def render_readme(results: dict[str, Any]) -> str:
+    """What the README's Performance section shows (between the bench markers): the table and one line
+    on the goals; every goal with its figure, the ceilings and the caveats are in ``latest.md``."""
+    verdicts = [g["met"] for g in results.get("goals", [])]
+    missed = [g["goal"] for g in results.get("goals", []) if g["met"] is False]
+    summary = (f"Goals: {verdicts.count(True)} met, {verdicts.count(False)} not met"
+               + (f" ({'; '.join(missed)})" if missed else "")
+               + f", {verdicts.count(None)} not measured; each with its figure and ceiling, and the run's caveats, "
+               "in [bench/results/latest.md](bench/results/latest.md).")
+    return "\n".join([*_markdown_table(results), "", summary]) + "\n"
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The whole run in Markdown (``latest.md``): the table, every goal, the ceilings and the caveats."""
+    md = _markdown_table(results)
     md += ["", "Goals (per worker process, both sides measured in the same run):", ""]
     md += [f"- {line}" for line in goal_lines(results)]
     ceilings = ceiling_lines(results)
