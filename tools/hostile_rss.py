@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config.settings import Settings
 from pipeline.dev import embedded
+from pipeline.dev.ports import free_port
 from pipeline.schema.topics import ensure_topics
 from tests.integration.test_hostile_input import hostile_cases
 from tests.support.kafka_io import RecordingProducer
@@ -47,7 +48,7 @@ def main() -> int:
     broker = None
     bootstrap = args.bootstrap
     if not bootstrap:
-        port = embedded.free_port()
+        port = free_port()
         broker = embedded.start_local(args.broker, port, work)
         bootstrap = f"127.0.0.1:{port}"
     tansu = embedded.tansu_env() if broker is not None and broker.kind == "tansu" else {}
@@ -57,7 +58,7 @@ def main() -> int:
             "IMTEL_TOPIC_APPLICATIONS": f"apps-{tag}", "IMTEL_CONSUMER_GROUP": f"group-{tag}",
             "IMTEL_LOG_LEVEL": "warning", **tansu}
     env = worker_env({**os.environ, **base}, f"chdb://{work / 'store'}", work, "worker",
-                     embedded.free_port())
+                     free_port())
     s = Settings.from_env(env)
     worker = None
     try:

@@ -11,10 +11,13 @@ from typing import Any
 
 # Fetch settings of the worker's consumer.
 FETCH_CONFIG: dict[str, Any] = {
-    "fetch.max.bytes": 52_428_800, "max.partition.fetch.bytes": 4_194_304,
-    # The prefetch queue is most of the consumer's memory: 32 MB keeps it bounded while letting a
-    # fetch cover several polls.
-    "queued.max.messages.kbytes": 32_768,
+    # The prefetch queue and the fetch responses behind it are most of the consumer's memory: a response
+    # stays allocated until the last message of it was polled, so up to a queue's worth plus one response.
+    # 8 MB of queue and 16 MB responses (1 MB per partition; a larger first batch still comes whole) still
+    # cover a poll of 10k records (2.5 MB at one record per message) several times over; 32 MB and 50 MB
+    # held ~40-80 MB more at the worker's peak (bench, both workloads) for no speed.
+    "fetch.max.bytes": 16_777_216, "max.partition.fetch.bytes": 1_048_576,
+    "queued.max.messages.kbytes": 8_192,
     # Once that queue is over its bound, librdkafka postpones the partition's next fetch by this much
     # (default 1 s): with batched messages the queue crosses it every few polls, and a 1 s pause per
     # crossing halved the throughput (bench: 270k -> 800k/s for consume + decode alone). A short
