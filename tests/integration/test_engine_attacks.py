@@ -26,6 +26,7 @@ import clickhouse_connect
 import pytest
 
 from pipeline.dev.engine import Limits
+from tests.support.raw_http import exchange
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -75,26 +76,6 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     yield running
     proc.terminate()
     proc.wait(15)
-
-
-def exchange(port: int, head: str, body: bytes = b"", timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
-    """Send a raw request (``head`` without the final blank line), read one answer: status, headers, body."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n\r\n" + body)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            assert chunk, f"closed without an answer after {data!r}"
-            data += chunk
-        head_bytes, _, rest = data.partition(b"\r\n\r\n")
-        lines = head_bytes.decode("latin-1").split("\r\n")
-        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-        while len(rest) < int(headers.get("content-length", 0)):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            rest += chunk
-        return int(lines[0].split()[1]), headers, rest
 
 
 def request(engine: Engine, target: str, *, auth: bool = True, method: str = "GET", extra: str = "",

@@ -26,6 +26,7 @@ import clickhouse_connect
 import pytest
 
 from pipeline.dev.engine.native import BLOCK_INFO
+from tests.support.raw_http import exchange as raw_exchange
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -83,22 +84,7 @@ def exchange(engine: Engine, method: str, params: dict[str, str], body: bytes = 
     else:
         head.append(f"Content-Length: {len(body)}")
         payload = body
-    with socket.create_connection(("127.0.0.1", engine.port), timeout=30) as sock:
-        sock.sendall("\r\n".join(head).encode() + b"\r\n\r\n" + payload)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            assert chunk, data
-            data += chunk
-        head_bytes, _, rest = data.partition(b"\r\n\r\n")
-        lines = head_bytes.decode("latin-1").split("\r\n")
-        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-        while len(rest) < int(headers.get("content-length", 0)):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            rest += chunk
-    return int(lines[0].split()[1]), headers, rest
+    return raw_exchange(engine.port, "\n".join(head), payload, timeout=30)
 
 
 def test_clickhouse_connect_reads_native_and_arrow_as_before(engine: Engine) -> None:
