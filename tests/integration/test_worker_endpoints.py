@@ -18,7 +18,7 @@ import pytest
 from tests.support.workers import WorkerProcess, wait_for
 
 DATA = [("GET", "/queries/app_health"), ("GET", "/report?app=1400000001&from=now-31d"), ("GET", "/audit"),
-        ("GET", "/apps"), ("POST", "/erase")]
+        ("GET", "/apps"), ("POST", "/erase"), ("GET", "/deadletters")]
 FAUST_PAGES = ["/router", "/table", "/", "/graph", "/stats/", "/performance"]
 
 
