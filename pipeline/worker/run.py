@@ -92,10 +92,15 @@ def tune_allocators() -> None:
     arenas and Arrow on the system allocator took the worker's peak RSS (ClickHouse over HTTP,
     batched workload) from ~320 to ~260 MB at the same throughput (``imtel bench --contenders
     pipeline-http``). An explicit ARROW_DEFAULT_MEMORY_POOL is kept; an allocator without
-    ``mallopt`` (musl) is left as it is."""
+    ``mallopt`` (musl) is left as it is.
+
+    numpy's OpenBLAS starts a thread per core that spins after any BLAS call; the worker has no
+    linear algebra worth a thread, and those spins were ~2% of its CPU (perf, workload b over
+    HTTP): one thread (an explicit OPENBLAS_NUM_THREADS is kept)."""
     import ctypes
 
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).mallopt(M_ARENA_MAX, 2)
 

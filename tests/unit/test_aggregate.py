@@ -126,3 +126,14 @@ def test_slo_buckets_match_numpy_counts(b: tuple[np.ndarray, np.ndarray, np.ndar
 def test_slo_edge_is_inclusive() -> None:
     s = agg.summarize(np.array([1, 1, 1]), np.array([25, 26, 10_001]), np.array([False] * 3), (25.0, 10_000.0))[1]
     assert s.slo_buckets.tolist() == [1, 1, 1]
+
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.int64])
+def test_lookup_tables_equal_the_formulas(dtype: type) -> None:
+    """The per-row tables (latencies up to TABLE_MAX_MS) give what the log and the binary search give."""
+    v = np.arange(0, agg.TABLE_MAX_MS + 1, dtype=dtype)
+    assert np.array_equal(agg.sketch_index(v), agg._sketch_index(v))
+    edges = (0.5, 1.0, 25.0, 99.9, 100.0, 2_500.0, 70_000.0)
+    assert np.array_equal(agg.edge_index(v, edges), np.searchsorted(np.asarray(edges), v.astype(np.float64)))
+    beyond = np.array([agg.TABLE_MAX_MS, agg.TABLE_MAX_MS + 1, MAX_MS], dtype=dtype)  # the exact path
+    assert np.array_equal(agg.sketch_index(beyond), agg._sketch_index(beyond))
