@@ -209,6 +209,12 @@ def as_dictionaries(data: pa.Table, columns: frozenset[str]) -> pa.Table:
     return data
 
 
+def compress_option(compression: str) -> bool | str:
+    """clickhouse-connect's ``compress`` for ``IMTEL_CLICKHOUSE_COMPRESSION`` (``none``: off). With lz4 or
+    zstd, an Arrow insert body carries its buffers compressed with it (Arrow IPC buffer compression)."""
+    return False if compression == "none" else compression
+
+
 def connect(dsn: str, user: str = "default", password: str = "", timeout: float = 60.0, **kwargs: Any) -> Any:
     """A clickhouse-connect client: embedded chDB (``chdb:///path``) or an HTTP server. ``settings=`` (session
     settings) applies to both; other keyword arguments are HTTP transport options."""

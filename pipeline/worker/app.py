@@ -46,7 +46,7 @@ from pipeline.monitoring.metrics import Metrics
 from pipeline.ops import queries
 from pipeline.ops.registry import ENFORCE_INTERVAL_S
 from pipeline.schema.migrations import INSERT_SETTINGS
-from pipeline.sinks.clickhouse import ClickHouseStore, InsertError, classify, connect, connect_reader
+from pipeline.sinks.clickhouse import ClickHouseStore, InsertError, classify, compress_option, connect, connect_reader
 from pipeline.sinks.deadletter import KafkaDeadLetters
 from pipeline.worker import live
 from pipeline.worker.consumer import KafkaBatchSource
@@ -106,7 +106,8 @@ def build(settings: Settings, metrics: Metrics | None = None, policy: Policy | N
         topic_disable_leader=True, store="memory://",
         topic_replication_factor=settings.topic_replication, producer_acks=-1)
     store = ClickHouseStore(connect(settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password,
-                                    timeout=settings.clickhouse_timeout_seconds),
+                                    timeout=settings.clickhouse_timeout_seconds,
+                                    compress=compress_option(settings.clickhouse_compression)),
                             settings.clickhouse_database, metrics,
                             insert_settings=INSERT_SETTINGS if settings.clickhouse_cluster else None)
     dlq = KafkaDeadLetters(settings.kafka_config(), settings.topic_dead_letters,

@@ -148,3 +148,28 @@ def test_native_block_compression_is_refused_before_the_body(engine: Engine) -> 
     with unauthenticated:
         unauthenticated.sendall(b"GET /?compress=1&query=SELECT%201 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert b" 401 " in unauthenticated.recv(65536).split(b"\r\n")[0] + b" "  # the password still comes first
+
+
+@pytest.mark.parametrize("compression", ["lz4", "zstd", "none"])
+def test_the_pipelines_store_inserts_dictionaries_under_each_compression(engine: Engine, compression: str) -> None:
+    """The worker's inserts (``IMTEL_CLICKHOUSE_COMPRESSION``): LowCardinality columns go as Arrow
+    dictionaries (found in system.columns), compressed or not, and read back as the same strings."""
+    import pyarrow as pa
+
+    from pipeline.monitoring.metrics import Metrics
+    from pipeline.sinks.clickhouse import ClickHouseStore, compress_option, connect
+
+    client = connect(f"http://127.0.0.1:{engine.port}", "default", engine.token, compress=compress_option(compression))
+    try:
+        client.command("CREATE TABLE IF NOT EXISTS otel.d (n UInt64, lc LowCardinality(String), s String) "
+                       "ENGINE = MergeTree ORDER BY n")
+        store = ClickHouseStore(client, "otel", Metrics())
+        assert store.low_cardinality()["d"] == frozenset({"lc"})
+        base = {"lz4": 0, "zstd": 10_000, "none": 20_000}[compression]
+        names = [f"iface-{i % 7}" for i in range(5_000)]
+        store.insert_arrow("d", pa.table({"n": pa.array(range(base, base + 5_000), pa.uint64()),
+                                          "lc": pa.array(names), "s": pa.array(names)}))
+        rows = client.query(f"SELECT lc, s FROM otel.d WHERE n >= {base} AND n < {base + 5_000} ORDER BY n").result_rows
+        assert [r[0] for r in rows] == names and [r[1] for r in rows] == names
+    finally:
+        client.close()

@@ -41,6 +41,7 @@ def test_values_are_converted() -> None:
     ("IMTEL_TOPIC_PARTITIONS", "0"),
     ("IMTEL_CLICKHOUSE_DSN", "ftp://x"),
     ("IMTEL_CLICKHOUSE_DATABASE", "imtel; DROP"),
+    ("IMTEL_CLICKHOUSE_COMPRESSION", "gzip"),
     ("IMTEL_KAFKA_BOOTSTRAP", "  "),
     ("IMTEL_LOG_LEVEL", "verbose"),
 ])
