@@ -17,6 +17,9 @@
 #include <arpa/inet.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 typedef struct {
     char *p;
@@ -34,11 +37,12 @@ static int buf_reserve(Buf *b, Py_ssize_t extra) {
     return 0;
 }
 
-static int buf_put(Buf *b, const void *src, Py_ssize_t n) {
+/* Inline: called ~18 times per record, nearly always with room to spare (the growth is buf_reserve's). */
+static inline int buf_put(Buf *b, const void *src, Py_ssize_t n) {
     /* Nothing to copy: a column whose first strings are empty ("" exception) has no buffer yet, and
      * NULL + 0 or memcpy(NULL, ..., 0) is undefined behaviour (found by tests/fuzz, UBSan). */
     if (n == 0) return 0;
-    if (buf_reserve(b, n) < 0) return -1;
+    if (b->len + n > b->cap && buf_reserve(b, n) < 0) return -1;
     memcpy(b->p + b->len, src, (size_t)n);
     b->len += n;
     return 0;
@@ -103,6 +107,52 @@ static int utf8_sequence(const unsigned char *p, const unsigned char *end) {
     return n;
 }
 
+/* How many bytes from p on are plain ASCII (0x20-0x7F but '"' and '\\': one code point each, nothing
+ * to check), looked at a block at a time: it stops at the first byte that needs the byte loop of
+ * plain_string (a quote, a backslash, a control byte, a byte >= 0x80) or where less than a block is
+ * left before ``end``, which it never reads past. Only a shortcut: the byte loop alone gives the
+ * same result. */
+#define SWAR_ONES 0x0101010101010101ULL
+#define SWAR_HIGH 0x8080808080808080ULL
+static inline Py_ssize_t ascii_run(const char *p, const char *end) {
+    const char *q = p;
+#if defined(__SSE2__)
+    const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\'), space = _mm_set1_epi8(0x20);
+    while (end - q >= 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)q);
+        /* signed compare: bytes >= 0x80 are negative, so "< 0x20" takes them with the control bytes */
+        __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)),
+                                   _mm_cmplt_epi8(v, space));
+        int mask = _mm_movemask_epi8(hit);
+        if (mask) return (q - p) + __builtin_ctz((unsigned)mask);
+        q += 16;
+    }
+#endif
+    while (end - q >= 8) {
+        uint64_t w;
+        memcpy(&w, q, 8);
+        /* the high bit of a byte of ``hit`` is set where the byte of w is special, and, through a
+         * subtraction's borrow, perhaps at a plain byte above a special one (more significant), never
+         * below it: the lowest set bit is the first special byte in memory order on little-endian */
+        uint64_t quote = w ^ ('"' * SWAR_ONES), backslash = w ^ ('\\' * SWAR_ONES);
+        uint64_t hit = (w | ((w - 0x20 * SWAR_ONES) & ~w) | ((quote - SWAR_ONES) & ~quote) |
+                        ((backslash - SWAR_ONES) & ~backslash)) &
+                       SWAR_HIGH;
+        if (hit) {
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            return (q - p) + (__builtin_ctzll(hit) >> 3);
+#else
+            for (;; q++) {
+                unsigned char c = (unsigned char)*q;
+                if (c == '"' || c == '\\' || c < 0x20 || c >= 0x80) return q - p;
+            }
+#endif
+        }
+        q += 8;
+    }
+    return q - p;
+}
+
 /* A string without escapes, in well-formed UTF-8: returns the byte after the closing quote, or NULL;
  * ``*chars`` is its length in code points (msgspec's min_length / max_length count those). */
 static const char *plain_string(const char *p, const char *end, const char **s, Py_ssize_t *n, Py_ssize_t *chars) {
@@ -110,6 +160,10 @@ static const char *plain_string(const char *p, const char *end, const char **s, 
     const char *start = ++p;
     Py_ssize_t count = 0;
     while (p < end) {
+        Py_ssize_t run = ascii_run(p, end);
+        p += run;
+        count += run;
+        if (p >= end) break;
         unsigned char c = (unsigned char)*p;
         if (c == '"') {
             *s = start;
@@ -244,11 +298,34 @@ static Py_ssize_t v6_network(const char *s, Py_ssize_t n, char out[INET6_ADDRSTR
     memcpy(text, s, (size_t)n);
     text[n] = 0;
     if (inet_pton(AF_INET6, text, packed) != 1 || memcmp(packed, v4_mapped, 12) == 0) return -1;
-    memset(packed + 6, 0, 10);
-    if (!inet_ntop(AF_INET6, packed, out, INET6_ADDRSTRLEN)) return -1;
-    size_t len = strlen(out);
-    memcpy(out + len, "/48", 3);
-    return (Py_ssize_t)len + 3;
+    /* What glibc's inet_ntop writes for the 16 bytes packed[0..6) + ten zero bytes, without its
+     * sprintf per group. Its rules: groups in lowercase hex without leading zeros; the longest run of
+     * at least two zero groups (the first of equal ones) as "::"; the last 32 bits as a dotted quad
+     * when that run starts at group 0 and is 6 long, or 5 long with group 5 0xffff (::a.b.c.d and
+     * ::ffff:a.b.c.d). Here groups 3..7 are zero: their run, 5 or more long, takes in the zero groups
+     * just before it, so it is the one written as "::" (any other run lies within groups 0..1: at most
+     * 2 long). It starts at group 0 only when all eight are zero, a run of 8: never 5 or 6, so no
+     * dotted quad. Hence: the groups up to the last nonzero one of 0..2 (zeros among them as "0"),
+     * then "::"; "::" alone when all are zero. Python's ipaddress writes the same (the /48 text
+     * ``privacy.prefix`` gives). */
+    static const char hex[] = "0123456789abcdef";
+    unsigned words[3];
+    int last = -1;
+    for (int i = 0; i < 3; i++) {
+        words[i] = (unsigned)packed[2 * i] << 8 | packed[2 * i + 1];
+        if (words[i]) last = i;
+    }
+    char *o = out;
+    for (int i = 0; i <= last; i++) {
+        unsigned w = words[i];
+        if (i) *o++ = ':';
+        if (w >= 0x1000) *o++ = hex[w >> 12];
+        if (w >= 0x100) *o++ = hex[(w >> 8) & 15];
+        if (w >= 0x10) *o++ = hex[(w >> 4) & 15];
+        *o++ = hex[w & 15];
+    }
+    memcpy(o, "::/48", 5);
+    return (Py_ssize_t)(o - out) + 5;
 }
 
 /* 0, or -1 out of memory, or -2 a string column would pass 2 GiB (Arrow's int32 offsets). */
