@@ -18,14 +18,13 @@ import sys
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import clickhouse_connect
 import pytest
 
 from pipeline.dev.engine import Limits
+from tests.support.engine_process import Engine, running_engine
 from tests.support.raw_http import exchange
 
 pytestmark = pytest.mark.integration
@@ -33,49 +32,15 @@ REPO = Path(__file__).resolve().parents[2]
 DECODED_MB = 64  # below the default 512, so the capped decompression test stays light on a shared machine
 
 
-@dataclass
-class Engine:
-    """The running engine: its process, port and the token it generated."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    token: str
-    token_file: Path
-
-    def rss_mb(self) -> float:
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
-
-    def client(self, **kwargs: Any) -> Any:
-        return clickhouse_connect.get_client(host="127.0.0.1", port=self.port, username="default",
-                                             password=self.token, **kwargs)
-
-
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    work = tmp_path_factory.mktemp("engine-attacks")
-    ready = work / "ready.json"
-    log = open(work / "engine.log", "ab")  # noqa: SIM115 - owned by the child process
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "engine", "--store", str(work / "store"),
-                             "--port", "0", "--ready-file", str(ready), "--max-decompressed-mb",
-                             str(DECODED_MB)], cwd=REPO, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    log.close()
-    deadline = time.monotonic() + 60
-    while not ready.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, (work / "engine.log").read_text()[-2000:]
-        time.sleep(0.05)
-    info = json.loads(ready.read_text())
-    token_file = Path(info["password_file"])
-    running = Engine(proc, int(info["data"][0]), token_file.read_text().strip(), token_file)
-    client = running.client()
-    client.command("CREATE DATABASE IF NOT EXISTS imtel")
-    client.command("CREATE TABLE IF NOT EXISTS imtel.request_logs (id UInt64) ENGINE = MergeTree ORDER BY id")
-    client.insert("imtel.request_logs", [[1], [2], [3]], column_names=["id"])
-    client.close()
-    yield running
-    proc.terminate()
-    proc.wait(15)
+    with running_engine(tmp_path_factory.mktemp("engine-attacks"), "--max-decompressed-mb", str(DECODED_MB)) as running:
+        client = running.client()
+        client.command("CREATE DATABASE IF NOT EXISTS imtel")
+        client.command("CREATE TABLE IF NOT EXISTS imtel.request_logs (id UInt64) ENGINE = MergeTree ORDER BY id")
+        client.insert("imtel.request_logs", [[1], [2], [3]], column_names=["id"])
+        client.close()
+        yield running
 
 
 def request(engine: Engine, target: str, *, auth: bool = True, method: str = "GET", extra: str = "",

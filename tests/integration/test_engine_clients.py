@@ -13,63 +13,32 @@ from __future__ import annotations
 import datetime as dt
 import json
 import socket
-import subprocess
-import sys
-import time
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import clickhouse_connect
 import pytest
 
 from pipeline.dev.engine.native import BLOCK_INFO
+from tests.support.engine_process import Engine, running_engine
 from tests.support.raw_http import exchange as raw_exchange
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
 ROWS = 70_000  # more than one Native block of chDB's
-
-
-@dataclass
-class Engine:
-    proc: subprocess.Popen[bytes]
-    port: int
-    token: str
-
-    def client(self, **kwargs: Any) -> Any:
-        return clickhouse_connect.get_client(host="127.0.0.1", port=self.port, username="default",
-                                             password=self.token, **kwargs)
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    work = tmp_path_factory.mktemp("engine-clients")
-    ready = work / "ready.json"
-    with open(work / "engine.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "engine", "--store", str(work / "store"),
-                                 "--port", "0", "--ready-file", str(ready)], cwd=REPO, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while not ready.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, (work / "engine.log").read_text()[-2000:]
-        time.sleep(0.05)
-    info = json.loads(ready.read_text())
-    running = Engine(proc, int(info["data"][0]), Path(info["password_file"]).read_text().strip())
-    client = running.client()
-    client.command("CREATE DATABASE IF NOT EXISTS otel")
-    client.command("CREATE TABLE otel.t (n UInt64, s String, a Array(String), m Map(String, UInt8), "
-                   "ns Nullable(String), lc LowCardinality(String), ts DateTime64(3, 'UTC')) "
-                   "ENGINE = MergeTree ORDER BY n")
-    client.command(f"INSERT INTO otel.t SELECT number, toString(number), [toString(number % 3)], map('k', number % 7), "
-                   f"if(number % 2 = 0, NULL, 'x'), toString(number % 5), toDateTime64(number, 3, 'UTC') "
-                   f"FROM numbers({ROWS})")
-    client.close()
-    yield running
-    proc.terminate()
-    proc.wait(15)
+    with running_engine(tmp_path_factory.mktemp("engine-clients")) as running:
+        client = running.client()
+        client.command("CREATE DATABASE IF NOT EXISTS otel")
+        client.command("CREATE TABLE otel.t (n UInt64, s String, a Array(String), m Map(String, UInt8), "
+                       "ns Nullable(String), lc LowCardinality(String), ts DateTime64(3, 'UTC')) "
+                       "ENGINE = MergeTree ORDER BY n")
+        client.command(f"INSERT INTO otel.t SELECT number, toString(number), [toString(number % 3)], "
+                       f"map('k', number % 7), if(number % 2 = 0, NULL, 'x'), toString(number % 5), "
+                       f"toDateTime64(number, 3, 'UTC') FROM numbers({ROWS})")
+        client.close()
+        yield running
 
 
 def exchange(engine: Engine, method: str, params: dict[str, str], body: bytes = b"", chunked: bool = False,
