@@ -18,8 +18,10 @@ from __future__ import annotations
 import base64
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,6 @@ import yaml
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from pipeline.config.policy import SCHEMAS_DIR
@@ -272,21 +273,49 @@ class _Unmappable(Exception):
         self.detail = detail
 
 
-def _attributes(kvs: Any) -> dict[str, AnyValue]:
-    return {kv.key: kv.value for kv in kvs}
+# An attribute as the mapping sees it: ``(kind, value)`` (kind is AnyValue's oneof name, e.g.
+# ``string_value``), or None when the value is unset or an empty string (both count as absent).
+# Attributes are read once per record into ``name -> _Hit`` (the last of a repeated name wins), so
+# that every rule can look names up without touching protobuf objects again.
+_Hit = tuple[str, Any]
+_Attrs = dict[str, _Hit | None]
+# One compiled rule: (the LogRecord, its attributes, its resource's attributes) -> the field's value;
+# raises ``_Unmappable``.
+_Field = Callable[[LogRecord, _Attrs, _Attrs], Any]
 
 
-def _lookup(name: str, record: dict[str, AnyValue], resource: dict[str, AnyValue]) -> tuple[str, Any] | None:
+def _attributes(kvs: Any, wanted: frozenset[str]) -> _Attrs:
+    """The attributes named in ``wanted`` (the others are never read: skipping them saves the cost
+    of reading their values out of protobuf).
+
+    ``value`` is a oneof, so a non-empty ``string_value`` (or non-zero ``int_value``) can only be
+    the member that is set: reading it directly answers the common cases without ``WhichOneof``,
+    which costs more than a field read. Only the rest (empty, zero, other kinds) ask it."""
+    attrs: _Attrs = {}
+    for kv in kvs:
+        key = kv.key
+        if key not in wanted:
+            continue
+        value = kv.value
+        text = value.string_value
+        if text:
+            attrs[key] = ("string_value", text)
+            continue
+        number = value.int_value
+        if number:
+            attrs[key] = ("int_value", number)
+            continue
+        kind = value.WhichOneof("value")
+        if kind is None or kind == "string_value":  # unset, or the empty string: absent
+            attrs[key] = None
+        else:
+            attrs[key] = (kind, getattr(value, kind))
+    return attrs
+
+
+def _lookup(name: str, record: _Attrs, resource: _Attrs) -> _Hit | None:
     """(kind, value) of the attribute on the record, else on the resource; None when absent or empty."""
-    for attrs in (record, resource):
-        value = attrs.get(name)
-        if value is not None:
-            kind = value.WhichOneof("value")
-            if kind is not None:
-                v = getattr(value, kind)
-                if not (kind == "string_value" and v == ""):
-                    return kind, v
-    return None
+    return record.get(name) or resource.get(name)
 
 
 def _bad(name: str, expected: str, kind: str) -> _Unmappable:
@@ -318,8 +347,11 @@ def _trace_span_id(log: LogRecord) -> str | None:
     return f"{trace.hex()}-{span.hex()}" if span.strip(b"\0") else trace.hex()
 
 
-def _value(rule: FieldRule, log: LogRecord, record: dict[str, AnyValue], resource: dict[str, AnyValue]) -> Any:
-    """The field's value from the first source that has one, or the rule's default."""
+def _value(rule: FieldRule, log: LogRecord, record: _Attrs, resource: _Attrs) -> Any:
+    """The field's value from the first source that has one, or the rule's default.
+
+    The reference semantics of a rule, for any rule shape; ``_compile_rule`` gives the same result
+    faster for the shapes ``parse_mapping`` allows (the ones the mapping file can express)."""
     weak_success = False
     for src in rule.sources:
         if src.log_field is not None:
@@ -357,31 +389,168 @@ def _value(rule: FieldRule, log: LogRecord, record: dict[str, AnyValue], resourc
             text = text[: rule.max_length]
         if text:
             return text
+    return _absent(rule)(record, resource, weak_success)
+
+
+def _absent(rule: FieldRule) -> Callable[[_Attrs, _Attrs, bool], Any]:
+    """What a rule gives when no source has a value: (record, resource, weak_success) -> the value;
+    raises ``_Unmappable`` for a required field. Its constants are computed here, once."""
     if rule.required:
         names = ", ".join(s.attribute or s.log_field or "" for s in rule.sources)
-        raise _Unmappable(MISSING_REASONS[rule.name], f"none of {names} is set")
-    if rule.default_with_exception is not None and any(
-            _lookup(a, record, resource) is not None for a in rule.exception_attributes):
-        return rule.default_with_exception
-    return 0 if weak_success and rule.type == "int" else rule.default
+        reason, detail = MISSING_REASONS[rule.name], f"none of {names} is set"
+
+        def missing(record: _Attrs, resource: _Attrs, weak_success: bool) -> Any:
+            raise _Unmappable(reason, detail)
+        return missing
+    default, with_exception, exception_names = rule.default, rule.default_with_exception, rule.exception_attributes
+    weak_default = 0 if rule.type == "int" else default
+
+    def fallback(record: _Attrs, resource: _Attrs, weak_success: bool) -> Any:
+        if with_exception is not None and any(
+                (record.get(a) or resource.get(a)) is not None for a in exception_names):
+            return with_exception
+        return weak_default if weak_success else default
+    return fallback
+
+
+def _compile_rule(rule: FieldRule) -> _Field:
+    """The rule as one closure that does per record only what depends on the record: the sources'
+    constants are unpacked into tuples and the branches on type and source kind are taken here, once.
+    Same results, reasons and details as ``_value`` (which any shape not made below falls back to)."""
+    absent = _absent(rule)
+    attributes_only = all(s.attribute is not None and s.log_field is None for s in rule.sources)
+
+    if rule.type == "int" and attributes_only:
+        int_sources = tuple((s.attribute or "", s.success_below) for s in rule.sources)
+
+        def int_field(log: LogRecord, record: _Attrs, resource: _Attrs) -> Any:
+            weak_success = False
+            for name, below in int_sources:
+                hit = record.get(name) or resource.get(name)
+                if hit is None:
+                    continue
+                kind, raw = hit
+                code = raw if kind == "int_value" else _as_int(name, kind, raw)
+                if below is not None and code < below:
+                    weak_success = True  # "no failure seen": a lower source or an exception may still say more
+                    continue
+                return code
+            return absent(record, resource, weak_success)
+        return int_field
+
+    if rule.type == "duration" and attributes_only:
+        duration_sources = tuple((s.attribute or "", s.unit_ms) for s in rule.sources)
+
+        def duration_field(log: LogRecord, record: _Attrs, resource: _Attrs) -> Any:
+            for name, unit_ms in duration_sources:
+                hit = record.get(name) or resource.get(name)
+                if hit is not None:
+                    kind, raw = hit
+                    if (kind == "int_value" or kind == "double_value") and math.isfinite(raw):
+                        return math.floor(raw * unit_ms + 0.5)
+                    raise _bad(name, "a finite number", kind)
+            return absent(record, resource, False)
+        return duration_field
+
+    if rule.type == "time" and all(s.log_field in ("time_unix_nano", "observed_time_unix_nano") for s in rule.sources):
+        clocks = tuple(attrgetter(s.log_field or "") for s in rule.sources)
+
+        def time_field(log: LogRecord, record: _Attrs, resource: _Attrs) -> Any:
+            for clock in clocks:
+                nanos = clock(log)
+                if nanos:
+                    return nanos // 1_000_000
+            return absent(record, resource, False)
+        return time_field
+
+    if rule.type == "str" and all((s.attribute is None) != (s.log_field is None)
+                                  and s.log_field in (None, "trace_span_id") for s in rule.sources):
+        # (attribute, prefix, separator); attribute None is the trace_span_id log field
+        str_sources = tuple((s.attribute, s.prefix, s.separator) for s in rule.sources)
+        strip, max_length = rule.strip_leading, rule.max_length
+
+        def str_field(log: LogRecord, record: _Attrs, resource: _Attrs) -> Any:
+            for name, prefix, separator in str_sources:
+                if name is None:
+                    found = _trace_span_id(log)
+                    if found is not None:
+                        return found
+                    continue
+                hit = record.get(name) or resource.get(name)
+                if hit is None:
+                    continue
+                kind, text = hit
+                if kind != "string_value":
+                    raise _bad(name, "a string", kind)
+                if strip:
+                    text = text.lstrip(strip)
+                if prefix is not None and separator not in text:
+                    head = record.get(prefix) or resource.get(prefix)
+                    if head is not None:
+                        if head[0] != "string_value":
+                            raise _bad(prefix, "a string", head[0])
+                        text = f"{head[1]}{separator}{text}"
+                if max_length is not None:
+                    text = text[:max_length]
+                if text:
+                    return text
+            return absent(record, resource, False)
+        return str_field
+
+    return partial(_value, rule)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A mapping compiled for ``map_request``."""
+
+    wanted: frozenset[str]  # every attribute name a rule reads (sources, prefixes, exception attributes)
+    fields: tuple[tuple[str, _Field], ...]  # (field name, compiled rule), in the mapping's order
+
+
+_PLANS: dict[int, tuple[Mapping, _Plan]] = {}
+
+
+def _plan(mapping: Mapping) -> _Plan:
+    """The compiled mapping, cached by identity (a Mapping may hold unhashable defaults; the cache
+    keeps the Mapping itself alive so that its id cannot be reused by another)."""
+    cached = _PLANS.get(id(mapping))
+    if cached is not None and cached[0] is mapping:
+        return cached[1]
+    wanted = frozenset(
+        name for rule in mapping.fields
+        for name in (*(s.attribute for s in rule.sources), *(s.prefix for s in rule.sources),
+                     *rule.exception_attributes)
+        if name is not None)
+    plan = _Plan(wanted, tuple((rule.name, _compile_rule(rule)) for rule in mapping.fields))
+    if len(_PLANS) >= 16:
+        _PLANS.clear()
+    _PLANS[id(mapping)] = (mapping, plan)
+    return plan
 
 
 def map_request(
     request: ExportLogsServiceRequest, mapping: Mapping,
 ) -> tuple[list[dict[str, Any]], list[tuple[int, str, str]]]:
     """Map every LogRecord of a parsed request (see ``decode_otlp_logs``)."""
+    plan = _plan(mapping)
+    wanted, fields = plan.wanted, plan.fields
     out: list[dict[str, Any]] = []
     rejects: list[tuple[int, str, str]] = []
     index = 0
     for resource_logs in request.resource_logs:
-        resource = _attributes(resource_logs.resource.attributes)
+        resource = _attributes(resource_logs.resource.attributes, wanted)
         for scope_logs in resource_logs.scope_logs:
             for log in scope_logs.log_records:
-                record = _attributes(log.attributes)
+                record = _attributes(log.attributes, wanted)
+                mapped: dict[str, Any] = {}
                 try:
-                    out.append({rule.name: _value(rule, log, record, resource) for rule in mapping.fields})
+                    for name, field in fields:
+                        mapped[name] = field(log, record, resource)
                 except _Unmappable as exc:
                     rejects.append((index, exc.reason, exc.detail))
+                else:
+                    out.append(mapped)
                 index += 1
     return out, rejects
 

@@ -19,6 +19,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValueList
 
 from pipeline.ingest import otlp
 from pipeline.ingest.otlp import (
@@ -212,6 +214,79 @@ def test_mixed_message_keeps_order_and_indices(encoding: str) -> None:
     assert [(i, r) for i, r, _ in rejects] == [(1, "otlp_missing_app_id"), (3, "otlp_missing_interface")]
     for d in out:
         msgspec.convert(d, RequestLog)
+
+
+def proto_request(attributes: list[tuple[str, AnyValue]], resource: list[tuple[str, AnyValue]] | None = None,
+                  time_unix_nano: int = 1_700_000_000_123_456_789) -> ExportLogsServiceRequest:
+    """A one-record request built field by field (attribute lists may repeat a name, unlike the SDK's)."""
+    request = ExportLogsServiceRequest()
+    resource_logs = request.resource_logs.add()
+    for key, value in resource or []:
+        resource_logs.resource.attributes.add(key=key).value.CopyFrom(value)
+    log = resource_logs.scope_logs.add().log_records.add(time_unix_nano=time_unix_nano)
+    for key, value in attributes:
+        log.attributes.add(key=key).value.CopyFrom(value)
+    return request
+
+
+def text(value: str) -> AnyValue:
+    return AnyValue(string_value=value)
+
+
+def one_of(request: ExportLogsServiceRequest, encoding: str) -> dict[str, Any]:
+    out, rejects = decode_otlp_logs(encode(request, encoding), encoding)
+    assert rejects == [] and len(out) == 1
+    return out[0]
+
+
+GOOD_VALUES = [(k, AnyValue(int_value=v) if isinstance(v, int) else text(v)) for k, v in GOOD.items()]
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_repeated_attribute_name_last_one_wins(encoding: str) -> None:
+    # the last value of a repeated name counts, even when it is empty (then the resource's fills in)
+    request = proto_request([*GOOD_VALUES, ("im.region", text("ap-seoul")), ("im.region", text("")),
+                             ("im.platform", text("")), ("im.platform", text("iOS")),
+                             ("im.latency_ms", AnyValue(int_value=5)), ("im.latency_ms", AnyValue(int_value=7))],
+                            resource=[("im.region", text("eu-frankfurt"))])
+    d = one_of(request, encoding)
+    assert (d["region"], d["platform"], d["latency_ms"]) == ("eu-frankfurt", "iOS", 7)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_zero_is_a_value_and_unset_or_empty_is_not(encoding: str) -> None:
+    resource = [("im.error_code", AnyValue(int_value=5)), ("http.route", text("/v4/from_resource")),
+                ("im.latency_ms", AnyValue(int_value=9))]
+    base = [(k, v) for k, v in GOOD_VALUES if k not in ("http.route", "im.latency_ms")]
+    d = one_of(proto_request([*base, ("im.error_code", AnyValue(int_value=0)), ("http.route", AnyValue()),
+                              ("im.latency_ms", AnyValue(double_value=0.0)),
+                              ("unread", AnyValue(bool_value=True))], resource), encoding)
+    assert (d["error_code"], d["interface"], d["latency_ms"]) == (0, "v4/from_resource", 0)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize(("name", "value", "detail"), [
+    ("http.route", AnyValue(bool_value=False), "attribute http.route must be a string, not bool"),
+    ("http.route", AnyValue(int_value=0), "attribute http.route must be a string, not int"),
+    ("im.latency_ms", AnyValue(array_value=ArrayValue()), "attribute im.latency_ms must be a finite number, not array"),
+    ("im.sdk_app_id", AnyValue(double_value=1.5),
+     "attribute im.sdk_app_id must be an integer or a string of digits, not double"),
+    ("im.sdk_app_id", AnyValue(kvlist_value=KeyValueList()),
+     "attribute im.sdk_app_id must be an integer or a string of digits, not kvlist"),
+])
+def test_wrong_kind_of_value_details(encoding: str, name: str, value: AnyValue, detail: str) -> None:
+    request = proto_request([*GOOD_VALUES, (name, value)])
+    assert decode_otlp_logs(encode(request, encoding), encoding) == ([], [(0, "otlp_bad_value", detail)])
+
+
+def test_a_mapping_built_by_hand_is_mapped_too() -> None:
+    # shapes the mapping file cannot express still map by the general rule
+    mapping = otlp.Mapping((
+        otlp.FieldRule("ms", "int", (otlp.Source(log_field="time_unix_nano"),)),
+        otlp.FieldRule("route", "str", (otlp.Source(attribute="http.route"),), max_length=3),
+    ))
+    request = proto_request(GOOD_VALUES)
+    assert otlp.map_request(request, mapping) == ([{"ms": 1_700_000_000_123, "route": "/v4"}], [])
 
 
 # --- whole messages -------------------------------------------------------------------------------
