@@ -399,6 +399,17 @@ def pipeline_alert_rules(spec: Spec) -> list[dict[str, Any]]:
             "retention policy (schemas/retention.yaml) plus the TTL merge grace: personal data is kept too "
             "long, a privacy-policy breach until it is dropped.",
         ),
+        (
+            "ImtelRegistryUpdateStalled",
+            f"sum by (instance) (increase(imtel_registry_update_retries_total{{{job}}}[5m])) > 0",
+            "15m",
+            "ticket",
+            "Worker {{ $labels.instance }} cannot store an application registry update",
+            "Worker {{ $labels.instance }} has retried storing one update of the applications topic for 15 "
+            "minutes ({{ $value | humanize }} failed attempts in the last 5): the updates behind it wait, so a "
+            "terminated app's deletion date or a shorter per-app retention is not applied until it is stored "
+            "(retries back off to one per 10 s and never give up).",
+        ),
     ]
     rules = []
     for name, expr, for_, severity, summary, description in defs:
