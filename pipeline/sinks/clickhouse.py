@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.monitoring.metrics import Metrics
+from pipeline.sinks.arrow_body import BodyWriter
 from pipeline.sinks.protocol import LOGS, SAMPLES, InsertError, RawTable, Recovery
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,8 @@ class ClickHouseStore:
         self.insert_settings = dict(insert_settings or {})  # e.g. synchronous Distributed inserts
         self.lock = threading.RLock()
         self._low_cardinality: dict[str, frozenset[str]] | None = None  # table -> LowCardinality(String) columns
+        # Insert bodies compressed as the client was told to (``compress_option``; chDB: never).
+        self.bodies = BodyWriter(getattr(client, "write_compression", None))
 
     def _call(self, table: str, fn: Callable[[], Any]) -> Any:
         with self.lock:
@@ -114,7 +117,9 @@ class ClickHouseStore:
         data = as_dictionaries(data, self.low_cardinality().get(table, frozenset()))
         start = self.clock()
         settings = {**self.insert_settings, **({"insert_deduplication_token": token} if token else {})}
-        self._call(table, lambda: self.client.insert_arrow(f"{self.db}.{table}", data, settings=settings or None))
+        # The body is written under the store's lock (``_call``): one kept buffer serves every insert.
+        self._call(table, lambda: self.client.raw_insert(f"{self.db}.{table}", data.schema.names,
+                                                         self.bodies.write(data), settings or None, "Arrow"))
         self.metrics.insert_duration.labels(table).observe(self.clock() - start)
         self.metrics.insert_rows.labels(table).observe(data.num_rows)
         self.metrics.rows_written.labels(table).inc(data.num_rows)
