@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pipeline.config.settings import Settings, SettingsError, cluster_problem, redact_dsn
 from pipeline.ops import worker_client
 from pipeline.ops.worker_client import WorkerError
+from pipeline.worker import relocations
 from pipeline.worker.run import ensure_data_dir, run_worker, setup_logging, tune_allocators
 
 if TYPE_CHECKING:
@@ -367,6 +368,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
                           fault_admin_port=args.fault_admin_port, limits=limits)
 
     def announce(srv: EngineServer) -> None:
+        relocations.release()  # the store is open: chDB is loaded
         ports, scheme = srv.ready(), "https" if access.tls else "http"
         print(f"[imtel] engine: store {args.store} on {scheme}://{args.host}:{ports['data'][0]} "
               f"(IMTEL_CLICKHOUSE_DSN={scheme}://{args.host}:{ports['data'][0]} "

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config.settings import Settings, SettingsError
+from pipeline.worker import relocations
+
+log = logging.getLogger(__name__)
 
 
 class RepeatFilter(logging.Filter):
@@ -80,6 +83,8 @@ def _ensure_port_free(s: Settings) -> None:
 M_ARENA_MAX = -8  # glibc's mallopt parameters
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 16 * 1024 * 1024
+# chDB's jemalloc in the embedded worker: see ``embedded_allocators``.
+CHDB_MALLOC_CONF = "oversize_threshold:1048576,dirty_decay_ms:500"
 
 
 def tune_allocators() -> None:
@@ -105,18 +110,30 @@ def tune_allocators() -> None:
         ctypes.CDLL(None).mallopt(M_ARENA_MAX, 2)
 
 
-def fix_mmap_threshold() -> None:
-    """With the embedded engine in the process: a fixed glibc mmap threshold of 16 MiB.
+def embedded_allocators() -> None:
+    """With the embedded engine in the process: both allocators give freed memory back sooner.
 
-    glibc raises its mmap threshold (128 KiB at start) to the size of every mmapped block freed, up to
-    32 MiB: after a few of the engine's Arrow reads, Arrow IPC buffers and fetch responses of 16-32
-    MiB, all of those came from the heap and left holes there that stayed resident (glibc counted
-    ~100 MB free inside its arenas at the embedded worker's peak). A fixed threshold gives such blocks
-    back when they are freed and keeps everything smaller in the heap, as before: embedded peak RSS
-    ~610-650 -> ~550-570 MB on workload b at the same CPU per record (1-4 MiB saved about as much and
-    cost ~5% more CPU in page faults; the worker alone, over HTTP, gained nothing from it)."""
+    glibc: a fixed mmap threshold of 16 MiB. glibc raises its threshold (128 KiB at start) to the size
+    of every mmapped block freed, up to 32 MiB: after a few of the engine's Arrow reads, Arrow IPC
+    buffers and fetch responses of 16-32 MiB, all of those came from the heap and left holes there
+    that stayed resident (glibc counted ~100 MB free inside its arenas at the embedded worker's peak).
+    A fixed threshold gives such blocks back when they are freed and keeps everything smaller in the
+    heap, as before: embedded peak RSS ~610-650 -> ~550-570 MB on workload b at the same CPU per
+    record (1-4 MiB saved about as much and cost ~5% more CPU in page faults).
+
+    chDB's jemalloc (``CHDB_MALLOC_CONF``, read when the library loads, so this must run before chDB is
+    imported; an explicit JE_MALLOC_CONF is kept): the engine allocated 40-80 MB while taking workload
+    b but kept up to 190 MB resident, because jemalloc holds freed pages for 5 s (``dirty_decay_ms``)
+    and only purges blocks over 64 MiB at once (``oversize_threshold``). Purging blocks over 1 MiB at
+    once (the engine's column and compression buffers) and other freed pages after 0.5 s: embedded peak
+    RSS 559-572 -> 495-503 MB on b, at 3.4-3.5 instead of 3.1-3.2 CPU-s per million (bench, one window
+    each). ``imtel engine`` in its own process keeps chDB's defaults: there CPU is what is scarce (the
+    same setting cost its engine 2.86 -> 3.08 CPU-s per million), as on a ClickHouse server."""
     import ctypes
 
+    if "chdb" in sys.modules:
+        log.info("chDB was loaded before the embedded allocator settings: it keeps its defaults")
+    os.environ.setdefault("JE_MALLOC_CONF", CHDB_MALLOC_CONF)
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
@@ -156,8 +173,9 @@ def run_worker(s: Settings, live_output: bool = False) -> int:
     _ensure_port_free(s)
     keep_pandas_out()
     if s.embedded_store:
-        fix_mmap_threshold()
+        embedded_allocators()
     pipeline = build(s, live_output=live_output)
+    relocations.release()  # every library is loaded now, chDB's too with the embedded store
     throttle_driver_logs()  # now that faust imported aiokafka
     if not s.clickhouse_cluster:  # on a cluster the migration Job (imtel migrate --cluster) does it
         migrations.apply(pipeline.store.client, s.clickhouse_database)
