@@ -61,6 +61,18 @@ def worker_env(base: dict[str, str], dsn: str, workdir: Path, name: str, web_por
     return env
 
 
+def thread_stacks(pid: int) -> str:
+    """Every thread's Python and native stack of a live process (``py-spy dump``), for a hang's report:
+    a worker that ignores SIGTERM has an event loop that cannot run, and its log says nothing about why."""
+    spy = Path(sys.executable).with_name("py-spy")
+    try:
+        done = subprocess.run([str(spy), "dump", "--native", "--pid", str(pid)], capture_output=True, text=True,
+                              timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"(no stacks: {exc})"
+    return (done.stdout + done.stderr).strip()
+
+
 class WorkerProcess:
     """One ``imtel worker`` child process."""
 
@@ -101,9 +113,13 @@ class WorkerProcess:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            stacks = thread_stacks(self.proc.pid)
             self.proc.kill()
             self.proc.wait(10)
-            raise AssertionError(f"{self.name} did not stop within {timeout:.0f}s after SIGTERM") from None
+            with open(self.log_path, "a") as log:
+                log.write(f"\n[test] no exit {timeout:.0f} s after SIGTERM; its threads then:\n{stacks}\n")
+            raise AssertionError(f"{self.name} did not stop within {timeout:.0f}s after SIGTERM; its threads "
+                                 f"then (also in {self.log_path}):\n{stacks}") from None
 
     def kill(self) -> None:
         """SIGKILL: no flush, no commit, no goodbye to the group."""
