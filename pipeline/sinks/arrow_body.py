@@ -7,8 +7,8 @@ kernel must zero first. On the batched workload over HTTP that was ~12% of the w
 (``perf record`` on the worker: ``clear_page_erms`` 7.7%, the realloc copies most of its 6.7% of
 ``memmove``; ``perf record -e page-faults --call-graph dwarf``: 76% of its page faults came from
 ``BufferOutputStream::Reserve``). Written into a buffer sized once from an upper bound and reused,
-the same body costs no page fault and no copy (0.185 -> 0.130 CPU-s per million rows for a
-50k-row lz4 body, measured alone; nothing else changes: same format, same bytes).
+the same body costs no page fault and no copy (0.185 -> 0.121 CPU-s per million rows for a
+50k-row lz4 body on one thread, measured alone; nothing else changes: same format, same bytes).
 
 The caller serialises the use of one ``BodyWriter`` (the store's lock) and is done with a body
 before it asks for the next: the returned view is into the kept buffer.

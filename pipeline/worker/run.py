@@ -126,9 +126,10 @@ def embedded_allocators() -> None:
     b but kept up to 190 MB resident, because jemalloc holds freed pages for 5 s (``dirty_decay_ms``)
     and only purges blocks over 64 MiB at once (``oversize_threshold``). Purging blocks over 1 MiB at
     once (the engine's column and compression buffers) and other freed pages after 0.5 s: embedded peak
-    RSS 559-572 -> 495-503 MB on b, at 3.4-3.5 instead of 3.1-3.2 CPU-s per million (bench, one window
-    each). ``imtel engine`` in its own process keeps chDB's defaults: there CPU is what is scarce (the
-    same setting cost its engine 2.86 -> 3.08 CPU-s per million), as on a ClickHouse server."""
+    RSS 559-572 -> 495-509 MB on b, at 3.2-3.6 instead of 3.1-3.2 CPU-s per million (bench, one window
+    each; with ``relocations.release`` as well, 462-478 MB). ``imtel engine`` in its own process keeps
+    chDB's defaults: there CPU is what is scarce (the same setting cost its engine 2.86 -> 3.08 CPU-s
+    per million), as on a ClickHouse server."""
     import ctypes
 
     if "chdb" in sys.modules:

@@ -11,23 +11,30 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
 pytest.importorskip("chdb")
 
 READ_OPTS = """
-import re, chdb
+import json, re, chdb
 text = chdb.query("SELECT * FROM system.jemalloc_stats", "TSVRaw").bytes().decode()
-print(dict(re.findall(r"opt\\.(oversize_threshold|dirty_decay_ms): (\\d+)", text)))
+print(json.dumps(dict(re.findall(r"opt\\.(oversize_threshold|dirty_decay_ms): (\\d+)", text))))
 """
 
 
-def jemalloc_opts(prelude: str, env: dict[str, str] | None = None) -> dict[str, str]:
+def fresh_python(code: str, env: dict[str, str] | None = None) -> Any:
+    """Run ``code`` in a new interpreter (chDB loads there, as in a worker) without this process's
+    JE_MALLOC_CONF; returns the JSON its last line of output holds."""
     clean = {k: v for k, v in os.environ.items() if k != "JE_MALLOC_CONF"}
-    out = subprocess.run([sys.executable, "-c", prelude + READ_OPTS], env={**clean, **(env or {})},
-                         capture_output=True, text=True, timeout=120, check=True).stdout
-    return eval(out.strip().splitlines()[-1])
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **(env or {})}, capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def jemalloc_opts(prelude: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    return dict(fresh_python(prelude + READ_OPTS, env))
 
 
 def test_the_embedded_worker_settings_reach_chdb() -> None:
@@ -85,10 +92,7 @@ print(json.dumps({"pages": sum(l for _, l in ranges) // 4096, "before": before, 
 
 
 def test_chdb_relocation_table_is_given_back_and_chdb_still_works() -> None:
-    clean = {k: v for k, v in os.environ.items() if k != "JE_MALLOC_CONF"}
-    out = subprocess.run([sys.executable, "-c", RELEASE], env=clean, capture_output=True, text=True, timeout=120,
-                         check=True).stdout
-    got = json.loads(out.strip().splitlines()[-1])
+    got = fresh_python(RELEASE)
     assert got["pages"] * 4096 >= 1 << 20  # chDB's table is tens of MB: the test means something
     assert got["before"] == got["pages"]  # the loader read all of it
     assert got["after"] == 0
