@@ -240,16 +240,14 @@ class Admission:
         return len(decoded.items) + len(decoded.rejects)
 
     def _admit_taken(self, topic: str, taken: _Chunk, chunk: _Chunk, messages: list[Message], now_ms: int) -> int:
-        """Rows the native decoder took, judged by the same per-batch rules as ``_admit`` (interface
-        pattern, event-time window, IP). A message with any row that fails one goes back through
-        msgspec into ``chunk``, so it is judged and dead-lettered exactly as without the native decoder;
-        the other rows are buffered as they are. Returns the rows buffered."""
+        """Rows the native decoder took, judged by the same per-batch rules as ``_admit`` (event-time
+        window, IP; the decoder itself does not take a message with an interface outside the pattern). A
+        message with any row that fails one goes back through msgspec into ``chunk``, so it is judged
+        and dead-lettered exactly as without the native decoder; the other rows are buffered as they
+        are. Returns the rows buffered."""
         assert self.native is not None
         cols = self.native.take()
         bad = self._outside_window(topic, cols.request_time, now_ms)
-        misses = _pattern_misses(cols.interface)
-        if misses is not None:
-            bad |= misses
         nets = cols.client_net
         if not cols.net_done.all():  # IPv6, other text, or hash mode: as without the native decoder
             rest = pa.array(~cols.net_done)

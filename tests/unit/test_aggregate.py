@@ -137,3 +137,12 @@ def test_lookup_tables_equal_the_formulas(dtype: type) -> None:
     assert np.array_equal(agg.edge_index(v, edges), np.searchsorted(np.asarray(edges), v.astype(np.float64)))
     beyond = np.array([agg.TABLE_MAX_MS, agg.TABLE_MAX_MS + 1, MAX_MS], dtype=dtype)  # the exact path
     assert np.array_equal(agg.sketch_index(beyond), agg._sketch_index(beyond))
+
+
+@given(hnp.arrays(st.sampled_from([np.uint32, np.int64]), st.integers(0, 300),
+                  elements=st.integers(0, 2**32 - 1)))
+def test_distinct_is_numpys_unique_with_inverse(values: np.ndarray) -> None:
+    """``summarize`` finds the apps of a batch by hashing; it must give what ``np.unique`` gives."""
+    distinct, inverse = agg._distinct(values)
+    want, want_inverse = np.unique(values, return_inverse=True)
+    assert np.array_equal(distinct, want) and np.array_equal(inverse, want_inverse.reshape(-1))

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from pipeline.ingest import fastlog
 from pipeline.ingest.decode import Decoder
-from pipeline.ingest.records import LooseRequestLog
+from pipeline.ingest.records import INTERFACE_PATTERN_RE2, LooseRequestLog
 
 pytestmark = pytest.mark.skipif(not fastlog.available and not os.environ.get("CI"),
                                 reason="the native decoder is not built here (no C compiler)")
@@ -115,6 +115,9 @@ def test_refuses_what_it_does_not_handle_and_leaves_nothing(value: bytes) -> Non
     {"region": ""}, {"region": "r" * 33}, {"platform": "p" * 33}, {"request_id": ""}, {"request_id": "q" * 65},
     {"client_ip": "i" * 65}, {"exception": "e" * 2049}, {"exception": 5}, {"region": "\u4e2d" * 33},
     {"exception": "\U0001f600" * 2049}, {"request_id": 'a"b'}, {"exception": "line\nbreak"}, {"extra": 1},
+    # outside the interface pattern (records.INTERFACE_PATTERN_RE2): msgspec's loose struct takes it, the
+    # strict one dead-letters it, so the message goes that way
+    {"interface": "has space"}, {"interface": "caf\u00e9"}, {"interface": "v4/a:b"}, {"interface": "a\u0000"},
 ])
 def test_a_record_msgspec_refuses_or_may_read_differently_is_not_taken(over: dict[str, Any]) -> None:
     assert check(frame([good(0), good(1, **over)], "array")) == -1
@@ -125,8 +128,7 @@ def test_a_record_msgspec_refuses_or_may_read_differently_is_not_taken(over: dic
     {"latency_ms": 0}, {"latency_ms": 3_600_000}, {"error_code": -(2**31)}, {"error_code": 2**31 - 1},
     {"interface": "x" * 128}, {"region": "r" * 32}, {"request_id": "q" * 64}, {"client_ip": ""},
     {"client_ip": "i" * 64}, {"exception": "e" * 2048}, {"exception": ""}, {"exception": None},
-    {"interface": "has space"},  # the pattern is checked per batch, after decoding (as for msgspec's loose struct)
-    {"interface": "caf\u00e9"}, {"region": "\u4e2d" * 32}, {"exception": "\u6d88\u606f\u5b58\u50a8\u8d85\u65f6"},
+    {"interface": "A-Za-z0-9_./-"}, {"region": "\u4e2d" * 32}, {"exception": "\u6d88\u606f\u5b58\u50a8\u8d85\u65f6"},
     {"exception": "\U0001f600" * 2048}, {"platform": "\u00e9" * 32},  # lengths count code points, not bytes
 ])
 def test_bounds_are_taken_with_the_same_values(over: dict[str, Any]) -> None:
@@ -399,3 +401,15 @@ def _with_field(*extra: tuple[Any, ...]) -> type[msgspec.Struct]:
 def test_table_drift_is_noticed(struct: type[msgspec.Struct], source: str, needle: str) -> None:
     assert source != SOURCE or struct is not LooseRequestLog, "the mutation did not apply"
     assert any(needle in p for p in table_drift(struct, source))
+
+
+def test_interface_bytes_are_those_of_the_pattern() -> None:
+    """The native decoder's copy of the ``interface`` pattern (a byte class) against the pattern
+    itself (``records.INTERFACE_PATTERN_RE2``, the one owner), byte by byte."""
+    pattern = re.compile(INTERFACE_PATTERN_RE2.replace("$", r"\Z"))
+    for byte in range(1, 128):
+        name = "v4/" + chr(byte)
+        if name in ('v4/"', "v4/\\") or byte < 0x20:
+            continue  # not a plain JSON string: never taken, whatever the pattern says
+        taken = check(frame([good(0, interface=name)], "array")) == 1
+        assert taken == bool(pattern.match(name)), repr(name)
