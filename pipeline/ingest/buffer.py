@@ -15,16 +15,21 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.ingest.decode import Reject
 from pipeline.ingest.fastlog import Columns
 from pipeline.ingest.privacy import scrub_causes
 from pipeline.ingest.records import MonitoringSample, RequestLog
 
+# interface, region and platform are LowCardinality in ClickHouse: Arrow dictionaries all the way from
+# the native decoder, which interns them (``fastlog.DICTIONARY_COLUMNS``), to the insert body.
+LOW_CARDINALITY = pa.dictionary(pa.int32(), pa.string())
 LOG_SCHEMA = pa.schema([
-    ("request_time", pa.timestamp("ms", tz="UTC")), ("sdk_app_id", pa.uint32()), ("interface", pa.string()),
+    ("request_time", pa.timestamp("ms", tz="UTC")), ("sdk_app_id", pa.uint32()), ("interface", LOW_CARDINALITY),
     ("request_id", pa.string()), ("client_net", pa.string()), ("latency_ms", pa.uint32()),
-    ("error_code", pa.int32()), ("exception", pa.string()), ("region", pa.string()), ("platform", pa.string()),
+    ("error_code", pa.int32()), ("exception", pa.string()), ("region", LOW_CARDINALITY),
+    ("platform", LOW_CARDINALITY),
     ("src_topic_id", pa.string()), ("src_partition", pa.uint16()), ("src_offset", pa.uint64()),
     ("src_index", pa.uint32()), ("ingest_batch", pa.uint64()),
 ])
@@ -95,12 +100,14 @@ def log_batch(records: Sequence[RequestLog], times: np.ndarray, nets: pa.Array, 
     ms) and ``nets`` are the columns the processor already built to apply its rules."""
     return pa.RecordBatch.from_arrays([
         _event_times(times, LOG_SCHEMA),
-        pa.array([r.sdk_app_id for r in records], pa.uint32()), _interface(records, interface),
+        pa.array([r.sdk_app_id for r in records], pa.uint32()),
+        pc.dictionary_encode(_interface(records, interface)),
         pa.array([r.request_id for r in records], pa.string()), nets,
         pa.array([r.latency_ms for r in records], pa.uint32()),
         pa.array([r.error_code for r in records], pa.int32()),
         pa.array([r.exception for r in records], pa.string()).fill_null(""),
-        pa.array([r.region for r in records], pa.string()), pa.array([r.platform for r in records], pa.string()),
+        pc.dictionary_encode(pa.array([r.region for r in records], pa.string())),
+        pc.dictionary_encode(pa.array([r.platform for r in records], pa.string())),
         *_origin(topic_id, len(records), partitions, offsets, indices),
     ], schema=_LOG_BODY)
 
@@ -148,7 +155,8 @@ _SAMPLE_BODY = pa.schema(list(SAMPLE_SCHEMA)[:-1])
 
 
 def _with_batch_id(batches: list[pa.RecordBatch], body: pa.Schema, schema: pa.Schema, batch_id: int) -> pa.Table:
-    table = pa.Table.from_batches(batches, schema=body)
+    # one dictionary per column: each batch brings its own, an Arrow IPC file (the insert body) takes one
+    table = pa.Table.from_batches(batches, schema=body).unify_dictionaries()
     ids = pa.array(np.full(table.num_rows, batch_id, dtype=np.uint64))
     return table.append_column(schema.field("ingest_batch"), ids)
 

@@ -27,6 +27,8 @@ except ImportError:  # pragma: no cover - depends on the install, see ``availabl
 
 available = LogColumns is not None
 STRING_COLUMNS = ("interface", "client_ip", "region", "platform", "request_id", "exception")
+# Interned by the native code (``INTERNED`` in _fastlog.c): Arrow dictionaries, LowCardinality in ClickHouse.
+DICTIONARY_COLUMNS = ("interface", "region", "platform")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,10 +39,10 @@ class Columns:
     sdk_app_id: pa.Array
     latency_ms: pa.Array
     error_code: pa.Array
-    interface: pa.Array
+    interface: pa.DictionaryArray  # int32 indices into this take's distinct names
     client_ip: pa.Array
-    region: pa.Array
-    platform: pa.Array
+    region: pa.DictionaryArray
+    platform: pa.DictionaryArray
     request_id: pa.Array
     exception: pa.Array  # "" where the record had none (as the msgspec path stores it)
     client_net: pa.Array  # the minimised address where ``net_done``, else ""
@@ -79,8 +81,8 @@ class ColumnDecoder:
 
     def take(self) -> Columns:
         rows, times, apps, latencies, codes, strings, (net_offsets, net_data, net_done) = self._native.take()
-        texts = {name: _text(rows, offsets, data) for name, (offsets, data) in zip(STRING_COLUMNS, strings,
-                                                                                 strict=True)}
+        texts = {name: _text(rows, *buffers) if len(buffers) == 2 else _dictionary(rows, *buffers)
+                 for name, buffers in zip(STRING_COLUMNS, strings, strict=True)}
         return Columns(request_time=np.frombuffer(times, np.int64), sdk_app_id=pa.array(np.frombuffer(apps, np.uint32)),
                        latency_ms=pa.array(np.frombuffer(latencies, np.uint32)),
                        error_code=pa.array(np.frombuffer(codes, np.int32)), **texts,
@@ -89,3 +91,10 @@ class ColumnDecoder:
 
 def _text(rows: int, offsets: bytes, data: bytes) -> pa.Array:
     return pa.Array.from_buffers(pa.string(), rows, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def _dictionary(rows: int, offsets: bytes, data: bytes, index: bytes) -> pa.DictionaryArray:
+    """An interned column: its distinct values (in order of first appearance) and an index per row."""
+    values = _text(len(offsets) // 4 - 1, offsets, data)
+    indices = pa.Array.from_buffers(pa.int32(), rows, [None, pa.py_buffer(index)])
+    return pa.DictionaryArray.from_arrays(indices, values)

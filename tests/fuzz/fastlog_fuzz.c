@@ -76,8 +76,15 @@ static void check_rows(const Mark *m, Py_ssize_t n) {
         CHECK(t >= 0 && t <= 253402300799999LL && app >= 1 && latency <= 3600000);
         for (int i = 0; i < N_STRINGS; i++) {
             const Buf *off = &cols.offsets[i];
-            CHECK(off->len == (rows + 1) * 4);
-            int32_t a = offset_at(off, r), b = offset_at(off, r + 1);
+            Py_ssize_t at = r; /* the row's string, or its dictionary entry */
+            if (INTERNED[i]) {
+                CHECK(cols.index[i].len == rows * 4 && off->len == ((Py_ssize_t)cols.intern[i].count + 1) * 4);
+                at = offset_at(&cols.index[i], r);
+                CHECK(at >= 0 && at < (Py_ssize_t)cols.intern[i].count);
+            } else {
+                CHECK(off->len == (rows + 1) * 4);
+            }
+            int32_t a = offset_at(off, at), b = offset_at(off, at + 1);
             CHECK(a >= 0 && a <= b && b <= cols.data[i].len);
             /* a column of empty strings has no buffer yet (NULL + 0 is undefined, UBSan says so) */
             const unsigned char *s = b > a ? (const unsigned char *)cols.data[i].p + a : (const unsigned char *)"";
@@ -106,13 +113,31 @@ static void check_rows(const Mark *m, Py_ssize_t n) {
         }
     }
     CHECK(offset_at(&cols.net_offsets, rows) == cols.net_data.len);
-    for (int i = 0; i < N_STRINGS; i++) CHECK(offset_at(&cols.offsets[i], rows) == cols.data[i].len);
+    for (int i = 0; i < N_STRINGS; i++)
+        CHECK(offset_at(&cols.offsets[i], INTERNED[i] ? (Py_ssize_t)cols.intern[i].count : rows) == cols.data[i].len);
+}
+
+/* Every dictionary entry is found at its own index (so the entries are distinct and the hash table,
+ * after any rollback, still holds each of them), and looking them up adds nothing. */
+static void check_dictionaries(void) {
+    for (int i = 0; i < N_STRINGS; i++) {
+        if (!INTERNED[i]) continue;
+        uint32_t count = cols.intern[i].count;
+        for (uint32_t e = 0; e < count; e++) {
+            const char *at;
+            Py_ssize_t n = entry_len(&cols.offsets[i], e, &at, &cols.data[i]);
+            CHECK(intern(&cols, i, at, n) == (int64_t)e && cols.intern[i].count == count);
+        }
+        Py_ssize_t used = 0;
+        for (size_t k = 0; k <= cols.intern[i].mask; k++) used += cols.intern[i].slots[k] != 0;
+        CHECK(used == (Py_ssize_t)count);
+    }
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static int ready;
     if (!ready) {
-        for (int f = 0; f < N_FIELDS; f++) NAME_LEN[f] = (Py_ssize_t)strlen(NAMES[f]);
+        init_tables();
         CHECK(reset(&cols) == 0);
         ready = 1;
     }
@@ -129,6 +154,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     } else {
         check_rows(&m, n);
     }
+    check_dictionaries();
     if (cols.rows > 4096) CHECK(reset(&cols) == 0); /* as take() does; keeps memory flat */
     return 0;
 }

@@ -35,7 +35,8 @@ CASES = [(RequestLog, LOG_SCHEMA, "request_logs", "request_log.schema.json"),
 # Arrow type -> the ClickHouse type the insert lands in.
 CLICKHOUSE_TYPE = {pa.uint8(): "UInt8", pa.uint16(): "UInt16", pa.uint32(): "UInt32", pa.uint64(): "UInt64",
                    pa.int32(): "Int32", pa.float64(): "Float64", pa.string(): "String",
-                   pa.timestamp("ms", tz="UTC"): "DateTime64(3, 'UTC')"}
+                   pa.timestamp("ms", tz="UTC"): "DateTime64(3, 'UTC')",
+                   pa.dictionary(pa.int32(), pa.string()): "String"}  # into LowCardinality(String), checked apart
 
 
 def _fields(struct: type[msgspec.Struct]) -> list[msgspec.inspect.Field]:
@@ -47,7 +48,7 @@ def _holds(arrow: pa.DataType, tp: msgspec.inspect.Type) -> bool:
     if isinstance(tp, msgspec.inspect.UnionType):
         return all(_holds(arrow, t) for t in tp.types if not isinstance(t, msgspec.inspect.NoneType))
     if isinstance(tp, msgspec.inspect.StrType):
-        return arrow == pa.string()
+        return arrow == pa.string() or (pa.types.is_dictionary(arrow) and arrow.value_type == pa.string())
     if isinstance(tp, msgspec.inspect.FloatType):
         return pa.types.is_floating(arrow)
     if isinstance(tp, msgspec.inspect.IntType):
@@ -73,6 +74,12 @@ def _columns(table: str) -> list[tuple[str, str, bool]]:
             kind = re.sub(r"^LowCardinality\((.*)\)$", r"\1", match.group(2))
             out.append((match.group(1), kind, " DEFAULT " in f" {match.group(3)} "))
     return out
+
+
+def _low_cardinality(table: str) -> set[str]:
+    statement = next(s for m in migrations.render("imtel") for s in m.statements
+                     if re.match(rf"CREATE TABLE IF NOT EXISTS imtel\.{table}\s", s))
+    return set(re.findall(r"^\s*([a-z_]+)\s+LowCardinality\(", statement, re.M))
 
 
 @pytest.mark.parametrize(("struct", "arrow", "table", "schema"), CASES, ids=[c[2] for c in CASES])
@@ -105,6 +112,8 @@ def test_the_clickhouse_table_takes_exactly_the_buffer_columns(struct: type[msgs
     for name, kind in inserted:
         assert CLICKHOUSE_TYPE[arrow.field(name).type] == kind, f"{table}.{name}: DDL {kind}, Arrow " \
                                                                f"{arrow.field(name).type}"
+        if pa.types.is_dictionary(arrow.field(name).type):  # sent as a dictionary: a LowCardinality column
+            assert name in _low_cardinality(table), f"{table}.{name} is an Arrow dictionary, not LowCardinality"
     extra = [name for name, _, default in columns if name not in arrow.names]
     assert all(default for name, _, default in columns if name in extra), f"{table}: {extra} need a DEFAULT"
 
