@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 try:
     from pipeline.ingest._fastlog import LogColumns
@@ -52,13 +53,18 @@ class Columns:
         return len(self.request_time)
 
     def filter(self, mask: np.ndarray) -> Columns:
-        """The rows where ``mask`` is true."""
+        """The rows where ``mask`` is true. The dictionaries keep only the values of those rows: the
+        rows left out go back through msgspec, and a value of a dead-lettered record must not travel
+        to the store as an unused dictionary entry (a rare path: a per-batch rule refused a row)."""
         keep = pa.array(mask)
         return Columns(request_time=self.request_time[mask], net_done=self.net_done[mask],
-                       **{f: getattr(self, f).filter(keep) for f in _ARROW_FIELDS})
+                       **{f: getattr(self, f).filter(keep) for f in _ARROW_FIELDS},
+                       **{f: pc.dictionary_encode(getattr(self, f).filter(keep).dictionary_decode())
+                          for f in DICTIONARY_COLUMNS})
 
 
-_ARROW_FIELDS = ("sdk_app_id", "latency_ms", "error_code", *STRING_COLUMNS, "client_net")
+_ARROW_FIELDS = ("sdk_app_id", "latency_ms", "error_code", *(c for c in STRING_COLUMNS if c not in DICTIONARY_COLUMNS),
+                 "client_net")
 
 
 class ColumnDecoder:

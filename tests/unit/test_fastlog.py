@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -95,6 +96,28 @@ def test_columns_accumulate_over_messages_and_take_empties() -> None:
     cols = native.take()
     assert cols.request_id.to_pylist() == ["req-0", "req-1", "req-2"] and len(native.take()) == 0
     assert cols.filter(cols.request_time > 1795000000000).request_id.to_pylist() == ["req-1", "req-2"]
+
+
+def test_interned_columns_hold_only_the_values_of_their_rows() -> None:
+    """interface, region and platform come as dictionaries of this take's distinct values: a message
+    that was not taken, and rows filtered out, leave no value behind (it would reach the store as an
+    unused LowCardinality entry), and many distinct values grow the table past its first size."""
+    native = fastlog.ColumnDecoder()
+    assert native.add(frame([good(0, region="kept-1"), good(1, region="kept-2")], "array")) == 2
+    assert native.add(frame([good(2, region="gone"), good(3, latency_ms=-1)], "array")) == -1  # rolled back
+    assert native.add(frame([good(4, region="kept-1", platform="web")], "ndjson")) == 1
+    names = [f"v4/svc{i}/call" for i in range(3000)]
+    assert native.add(frame([good(5 + i, interface=name) for i, name in enumerate(names)], "array")) == 3000
+    cols = native.take()
+    assert cols.region.dictionary.to_pylist() == ["kept-1", "kept-2", "ap-seoul"]  # not "gone"
+    assert cols.region.to_pylist()[:3] == ["kept-1", "kept-2", "kept-1"]
+    assert cols.platform.dictionary.to_pylist() == ["iOS", "web"]
+    assert cols.interface.dictionary.to_pylist() == ["v4/openim/sendmsg", *names]
+    assert cols.interface.to_pylist()[3:] == names
+    kept = cols.filter(np.array([i != 1 for i in range(len(cols))]))
+    assert "kept-2" not in kept.region.dictionary.to_pylist() and kept.region.to_pylist()[:2] == ["kept-1"] * 2
+    again = native.add(frame([good(9, region="fresh")], "array")) == 1 and native.take()
+    assert again and again.region.dictionary.to_pylist() == ["fresh"]  # a new dictionary per take
 
 
 @pytest.mark.parametrize("value", [
