@@ -50,6 +50,7 @@ from pipeline.sinks.clickhouse import ClickHouseStore, InsertError, classify, co
 from pipeline.sinks.deadletter import KafkaDeadLetters
 from pipeline.worker import live
 from pipeline.worker.consumer import KafkaBatchSource
+from pipeline.worker.faust_stop import bound_consumer_stop
 from pipeline.worker.processor import Processor
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,8 @@ def build(settings: Settings, metrics: Metrics | None = None, policy: Policy | N
         broker_rebalance_timeout=3, broker_session_timeout=10, broker_heartbeat_interval=3,
         topic_disable_leader=True, store="memory://",
         topic_replication_factor=settings.topic_replication, producer_acks=-1)
+    # a SIGTERM during faust's own group join must not wait for the join (up to mode's 60 s): faust_stop.py
+    bound_consumer_stop(app)
     store = ClickHouseStore(connect(settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password,
                                     timeout=settings.clickhouse_timeout_seconds,
                                     compress=compress_option(settings.clickhouse_compression)),
