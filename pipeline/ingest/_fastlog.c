@@ -15,7 +15,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <arpa/inet.h>
+#if defined(__linux__)
 #include <sys/random.h>
+#endif
 #include <stdint.h>
 #include <string.h>
 #if defined(__SSE2__)
@@ -764,8 +766,12 @@ static struct PyModuleDef module = {
 static void init_tables(void) {
     for (int f = 0; f < N_FIELDS; f++) NAME_LEN[f] = (Py_ssize_t)strlen(NAMES[f]);
     init_iface_ok();
+#if defined(__linux__)
     uint64_t seed;
     if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) == (ssize_t)sizeof seed) HASH_SEED ^= seed;
+#else /* elsewhere a per-process value at least: where the module was loaded (ASLR) */
+    HASH_SEED ^= (uint64_t)(uintptr_t)&HASH_SEED * 0x9E3779B97F4A7C15ULL ^ (uint64_t)(uintptr_t)&init_tables;
+#endif
 }
 
 PyMODINIT_FUNC PyInit__fastlog(void) {
