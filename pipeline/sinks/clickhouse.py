@@ -207,7 +207,9 @@ class ClickHouseStore:
 
 def as_dictionaries(data: pa.Table, columns: frozenset[str]) -> pa.Table:
     """``data`` with its plain string ``columns`` dictionary-encoded (ClickHouse reads an Arrow
-    dictionary into LowCardinality directly); other columns, and a table without them, unchanged."""
+    dictionary into LowCardinality directly); other columns, and a table without them, unchanged.
+    ``request_logs`` arrives with its LowCardinality columns already dictionaries (``ingest/buffer.py``):
+    this is for the others (``monitoring_samples``' interface and reporter, the ledger)."""
     for i, f in enumerate(data.schema):
         if f.name in columns and pa.types.is_string(f.type):
             data = data.set_column(i, f.name, pc.dictionary_encode(data.column(i)))
