@@ -66,8 +66,9 @@ def loose(strict: type[msgspec.Struct]) -> type[msgspec.Struct]:
     msgspec checks a pattern with Python's ``re`` per record (about half the decode time); the hot path
     decodes with this variant and checks the pattern for a whole batch at once with RE2
     (``INTERFACE_PATTERN_RE2``; the native decoder, which takes most messages, checks the same byte
-    class while it scans the name, held to this pattern by ``tests/unit/test_fastlog.py``). Anything that fails is decoded again with the strict struct, so the
-    result is exactly the strict one. ``gc=False``: records hold only scalars and strings, no cycles."""
+    class while it scans the name, held to this pattern by ``tests/unit/test_fastlog.py``). Anything
+    that fails is decoded again with the strict struct, so the result is exactly the strict one.
+    ``gc=False``: records hold only scalars and strings, no cycles."""
     fields = []
     for f in msgspec.structs.fields(strict):
         tp = LooseInterface if f.name == "interface" else f.type
