@@ -143,12 +143,17 @@ static inline Py_ssize_t entry_len(const Buf *offsets, uint32_t e, const char **
     return b - a;
 }
 
+/* Where the probe for entry ``e``'s value starts. */
+static size_t home_of(const LogColumns *c, int i, uint32_t e) {
+    const char *at;
+    Py_ssize_t n = entry_len(&c->offsets[i], e, &at, &c->data[i]);
+    return (size_t)hash_bytes(at, n) & c->intern[i].mask;
+}
+
 /* The slot holding entry ``e`` (it is in the table). */
 static size_t slot_of(const LogColumns *c, int i, uint32_t e) {
     const Intern *t = &c->intern[i];
-    const char *at;
-    Py_ssize_t n = entry_len(&c->offsets[i], e, &at, &c->data[i]);
-    size_t slot = (size_t)hash_bytes(at, n) & t->mask;
+    size_t slot = home_of(c, i, e);
     while (t->slots[slot] != e + 1) slot = (slot + 1) & t->mask;
     return slot;
 }
@@ -163,9 +168,7 @@ static int intern_grow(LogColumns *c, int i) {
     PyMem_RawFree(t->slots);
     t->slots = slots, t->mask = size - 1;
     for (uint32_t e = 0; e < t->count; e++) {
-        const char *at;
-        Py_ssize_t n = entry_len(&c->offsets[i], e, &at, &c->data[i]);
-        size_t slot = (size_t)hash_bytes(at, n) & t->mask;
+        size_t slot = home_of(c, i, e);
         while (slots[slot]) slot = (slot + 1) & t->mask;
         slots[slot] = e + 1;
     }
@@ -568,7 +571,7 @@ static void mark(LogColumns *c, Mark *m) {
 }
 
 /* Back to ``m``: nothing of a message that was not taken stays, not even a dictionary entry (a value of
- * a record sent to dead letters must not reach the store as an unused LowCardinality key). */
+ * a record sent to dead letters must not travel to the server in an insert body's dictionary). */
 static void rollback(LogColumns *c, const Mark *m) {
     c->time.len = m->time, c->app.len = m->app, c->latency.len = m->latency, c->code.len = m->code;
     for (int i = 0; i < N_STRINGS; i++) {

@@ -55,7 +55,7 @@ class Columns:
     def filter(self, mask: np.ndarray) -> Columns:
         """The rows where ``mask`` is true. The dictionaries keep only the values of those rows: the
         rows left out go back through msgspec, and a value of a dead-lettered record must not travel
-        to the store as an unused dictionary entry (a rare path: a per-batch rule refused a row)."""
+        to the server as an unused dictionary entry (a rare path: a per-batch rule refused a row)."""
         keep = pa.array(mask)
         return Columns(request_time=self.request_time[mask], net_done=self.net_done[mask],
                        **{f: getattr(self, f).filter(keep) for f in _ARROW_FIELDS},

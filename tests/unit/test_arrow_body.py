@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.sinks.arrow_body import LZ4_LEVEL, BodyWriter, body_bound
+from pipeline.sinks.arrow_body import BodyWriter, body_bound, codec
 
 CODECS = [None, "lz4", "zstd"]
 
@@ -22,9 +22,7 @@ def read(view: memoryview) -> pa.Table:
 def reference(data: pa.Table, compression: str | None) -> bytes:
     """What clickhouse-connect's ``arrow_buffer`` would send (a growing stream, same options but LZ4's level)."""
     sink = pa.BufferOutputStream()
-    codec = pa.Codec(compression, compression_level=LZ4_LEVEL) if compression == "lz4" else (
-        pa.Codec(compression) if compression else None)
-    options = pa.ipc.IpcWriteOptions(compression=codec)
+    options = pa.ipc.IpcWriteOptions(compression=codec(compression))
     with pa.ipc.new_file(sink, data.schema, options=options) as writer:
         writer.write_table(data)
     return sink.getvalue().to_pybytes()
