@@ -62,10 +62,15 @@ def _holds(arrow: pa.DataType, tp: msgspec.inspect.Type) -> bool:
     return False
 
 
+def _create(table: str) -> str:
+    """A table's rendered CREATE statement."""
+    return next(s for m in migrations.render("imtel") for s in m.statements
+                if re.match(rf"CREATE TABLE IF NOT EXISTS imtel\.{table}\s", s))
+
+
 def _columns(table: str) -> list[tuple[str, str, bool]]:
     """(name, type, has a DEFAULT) of a table's columns, from its rendered CREATE statement."""
-    statement = next(s for m in migrations.render("imtel") for s in m.statements
-                     if re.match(rf"CREATE TABLE IF NOT EXISTS imtel\.{table}\s", s))
+    statement = _create(table)
     body = statement[statement.index("(") + 1:statement.rindex("ENGINE")]
     out = []
     for line in body.splitlines():
@@ -77,9 +82,7 @@ def _columns(table: str) -> list[tuple[str, str, bool]]:
 
 
 def _low_cardinality(table: str) -> set[str]:
-    statement = next(s for m in migrations.render("imtel") for s in m.statements
-                     if re.match(rf"CREATE TABLE IF NOT EXISTS imtel\.{table}\s", s))
-    return set(re.findall(r"^\s*([a-z_]+)\s+LowCardinality\(", statement, re.M))
+    return set(re.findall(r"^\s*([a-z_]+)\s+LowCardinality\(", _create(table), re.M))
 
 
 @pytest.mark.parametrize(("struct", "arrow", "table", "schema"), CASES, ids=[c[2] for c in CASES])
