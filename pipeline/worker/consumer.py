@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, OffsetSpec
 from mode import Service
 
 from pipeline.config.kafka import FETCH_CONFIG
@@ -97,6 +97,7 @@ class KafkaBatchSource(Service):
         self.topics = [settings.topic_request_logs, settings.topic_monitoring_samples]
         self.pool = ThreadPoolExecutor(2, thread_name_prefix="imtel-io")
         self.consumer: Consumer | None = None
+        self.lag_admin: AdminClient | None = None  # created at the first lag update (``update_lag``)
         self.assignment: list[TopicPartition] = []
         self.pending_recovery: dict[tuple[str, int], int] = {}
         self.paused = False
@@ -493,15 +494,31 @@ class KafkaBatchSource(Service):
 
     # -- lag --------------------------------------------------------------------------------------
     def update_lag(self) -> None:
-        """Lag per assigned partition, clamped at 0 (Tansu's high watermark can be too low)."""
-        if self.consumer is None:
+        """Lag per assigned partition: its log-end offset less the consumer's position, clamped at 0
+        (Tansu's high watermark can be too low); a partition without a position yet is left out.
+
+        The log-end offsets come from the lag admin client's ListOffsets, on its own connection. Asked
+        on the consumer's (``get_watermark_offsets`` uncached), each answer queues behind the fetch the
+        broker holds open for up to ``fetch.wait.max.ms`` (500 ms) on an idle partition: with 8 idle
+        partitions one update took 3.6 s, and an offset commit issued meanwhile waited 4.0 s for it
+        (Kafka 4.4, confluent-kafka 2.16), which held the next write back: the bench's windows of 9 s
+        instead of 5 s. The consumer's cached watermarks would cost nothing but go stale on a paused
+        partition, which is when the lag matters most."""
+        consumer, assigned = self.consumer, [TopicPartition(tp.topic, tp.partition) for tp in self.assignment]
+        if consumer is None or not assigned:
             return
-        for tp in list(self.assignment):
+        try:
+            positions = consumer.position(assigned)
+            if self.lag_admin is None:
+                self.lag_admin = AdminClient(self.settings.kafka_config())
+            ends = self.lag_admin.list_offsets({tp: OffsetSpec.latest() for tp in assigned}, request_timeout=5)
+        except (KafkaException, RuntimeError) as exc:
+            log.debug("lag not updated: %s", exc)
+            return
+        for tp in positions:
             try:
-                _low, high = self.consumer.get_watermark_offsets(tp, timeout=2, cached=False)
-                pos = self.consumer.position([TopicPartition(tp.topic, tp.partition)])[0].offset
-            except (KafkaException, RuntimeError):
+                high = ends[tp].result().offset
+            except (KafkaException, KeyError):
                 continue
-            if pos < 0:
-                continue
-            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - pos))
+            if tp.offset >= 0 and high >= 0:
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
