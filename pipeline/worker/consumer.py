@@ -97,7 +97,7 @@ class KafkaBatchSource(Service):
         self.topics = [settings.topic_request_logs, settings.topic_monitoring_samples]
         self.pool = ThreadPoolExecutor(2, thread_name_prefix="imtel-io")
         self.consumer: Consumer | None = None
-        self.lag_admin: AdminClient | None = None  # created at the first lag update (``update_lag``)
+        self._admin: AdminClient | None = None  # topic ids and the lag's log ends (``admin``)
         self.assignment: list[TopicPartition] = []
         self.pending_recovery: dict[tuple[str, int], int] = {}
         self.paused = False
@@ -477,12 +477,18 @@ class KafkaBatchSource(Service):
             log.warning("topics were missing and have been recreated: %s; subscribing again", ", ".join(created))
             self.resubscribe = True
 
+    def admin(self) -> AdminClient:
+        """The source's admin client, on connections of its own (not the consumer's: see ``update_lag``),
+        created at first use. Two threads racing here at worst build one client too many."""
+        if self._admin is None:
+            self._admin = AdminClient(self.settings.kafka_config())
+        return self._admin
+
     def _refresh_topic_ids(self) -> None:
         try:
             from confluent_kafka import TopicCollection
 
-            admin = AdminClient(self.settings.kafka_config())
-            futures = admin.describe_topics(TopicCollection(self.topics), request_timeout=10)
+            futures = self.admin().describe_topics(TopicCollection(self.topics), request_timeout=10)
             for name, fut in futures.items():
                 self.processor.set_topic_id(name, str(fut.result().topic_id))
         except Exception as exc:  # the broker may not support topic ids: fall back to names
@@ -497,7 +503,7 @@ class KafkaBatchSource(Service):
         """Lag per assigned partition: its log-end offset less the consumer's position, clamped at 0
         (Tansu's high watermark can be too low); a partition without a position yet is left out.
 
-        The log-end offsets come from the lag admin client's ListOffsets, on its own connection. Asked
+        The log-end offsets come from the admin client's ListOffsets (``admin``), on its own connection. Asked
         on the consumer's (``get_watermark_offsets`` uncached), each answer queues behind the fetch the
         broker holds open for up to ``fetch.wait.max.ms`` (500 ms) on an idle partition: with 8 idle
         partitions one update took 3.6 s, and an offset commit issued meanwhile waited 4.0 s for it
@@ -509,9 +515,7 @@ class KafkaBatchSource(Service):
             return
         try:
             positions = consumer.position(assigned)
-            if self.lag_admin is None:
-                self.lag_admin = AdminClient(self.settings.kafka_config())
-            ends = self.lag_admin.list_offsets({tp: OffsetSpec.latest() for tp in assigned}, request_timeout=5)
+            ends = self.admin().list_offsets({tp: OffsetSpec.latest() for tp in assigned}, request_timeout=5)
         except (KafkaException, RuntimeError) as exc:
             log.debug("lag not updated: %s", exc)
             return
