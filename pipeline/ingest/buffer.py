@@ -160,9 +160,39 @@ _SAMPLE_BODY = pa.schema(list(SAMPLE_SCHEMA)[:-1])
 
 def _with_batch_id(batches: list[pa.RecordBatch], body: pa.Schema, schema: pa.Schema, batch_id: int) -> pa.Table:
     # one dictionary per column: each batch brings its own, an Arrow IPC file (the insert body) takes one
-    table = pa.Table.from_batches(batches, schema=body).unify_dictionaries()
+    table = narrow_indices(pa.Table.from_batches(batches, schema=body).unify_dictionaries())
     ids = pa.array(np.full(table.num_rows, batch_id, dtype=np.uint64))
     return table.append_column(schema.field("ingest_batch"), ids)
+
+
+# The narrowest index type the flush's table uses for a dictionary column whose unified dictionary fits.
+NARROW_INDEX = pa.int8()
+_NARROW_MAX = 127
+
+
+def narrow_indices(table: pa.Table) -> pa.Table:
+    """``table`` (dictionaries unified) with each dictionary column's indices as ``int8`` when its
+    dictionary has at most 127 values, as the LowCardinality columns of a flush nearly always do.
+
+    Why: the decoders build int32 indices (one width for any take), which are 4 of the 1 byte a row
+    such a column needs. In the insert body that was 12 bytes a row of indices for interface, region
+    and platform that the worker LZ4-compresses and sends: with int8 indices a 50k-row body of the
+    batched workload is 47.9 instead of 52.7 bytes a row after LZ4, and its compression costs 0.113
+    instead of 0.138 CPU-s per million rows (measured alone on one thread). ClickHouse reads any
+    integer index width into LowCardinality; the stored rows are the same. A column with nulls in its
+    indices, or a larger dictionary, keeps its int32 indices."""
+    for i, f in enumerate(table.schema):
+        if not pa.types.is_dictionary(f.type) or f.type.index_type == NARROW_INDEX:
+            continue
+        column = table.column(i)
+        if column.num_chunks == 0 or column.null_count or len(column.chunk(0).dictionary) > _NARROW_MAX:
+            continue
+        # after unify_dictionaries every chunk holds the same dictionary, so its indices stay valid
+        chunks = [pa.DictionaryArray.from_arrays(pa.array(c.indices.to_numpy().astype(np.int8)), c.dictionary,
+                                                 safe=False) for c in column.chunks]
+        narrow = pa.field(f.name, pa.dictionary(NARROW_INDEX, f.type.value_type), f.nullable, f.metadata)
+        table = table.set_column(i, narrow, pa.chunked_array(chunks, narrow.type))
+    return table
 
 
 @dataclass
