@@ -142,3 +142,30 @@ def test_the_pipelines_store_inserts_dictionaries_under_each_compression(engine:
         assert [r[0] for r in rows] == names and [r[1] for r in rows] == names
     finally:
         client.close()
+
+
+def test_an_inserts_settings_apply_to_it_alone(engine: Engine) -> None:
+    """A data insert's settings go into its own statement (``store.Engine.execute``), not the session:
+    the deduplication token deduplicates, the next request does not inherit it, a request's setting
+    the session already has stays, and a setting name that is not an identifier is refused."""
+    client = engine.client()
+    try:
+        client.command("CREATE TABLE IF NOT EXISTS otel.tok (n UInt64) ENGINE = MergeTree ORDER BY n "
+                       "SETTINGS non_replicated_deduplication_window = 100")
+        for token, first in (("a", 1), ("a", 1), ("b", 1), ("c", 2)):
+            client.raw_insert("otel.tok", ["n"], f"{first}\n{first + 1}\n".encode(),
+                              {"insert_deduplication_token": token}, "TSV")
+        assert client.command("SELECT count() FROM otel.tok") == 6  # "a" once, then "b" and "c"
+        assert client.command("SELECT getSetting('insert_deduplication_token')") == ""
+        # a setting the session holds (set by a query) and the insert repeats: kept, not reset
+        assert client.command("SELECT getSetting('max_threads')", settings={"max_threads": 1}) == 1
+        client.raw_insert("otel.tok", ["n"], b"9\n", {"max_threads": 1, "insert_deduplication_token": "d"}, "TSV")
+        assert client.command("SELECT getSetting('max_threads')", settings={"max_threads": 1}) == 1
+        assert client.command("SELECT count() FROM otel.tok WHERE n = 9") == 1
+    finally:
+        client.close()
+    status, _, body = exchange(engine, "POST", {"query": "INSERT INTO otel.tok (n) FORMAT TSV",
+                                                "bad name": "1"}, b"5\n")
+    assert status != 200 and body.startswith(b"Code: 115. DB::Exception: Unknown setting 'bad name'"), body
+    status, _, body = exchange(engine, "GET", {"query": "SELECT count() FROM otel.tok WHERE n = 5"})
+    assert (status, body) == (200, b"0\n")

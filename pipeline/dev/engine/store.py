@@ -84,9 +84,7 @@ class Engine:
             del self.applied[name]
         for name, value in settings.items():
             if self.applied.get(name) != value:
-                if not IDENTIFIER.match(name):
-                    raise EngineError.of(115, f"Unknown setting '{name}'")
-                self._run(f"SET {name} = {_quote(value)}", "TabSeparated")
+                self._run(f"SET {_setting(name, value)}", "TabSeparated")
                 self.applied[name] = value
 
     def execute(self, stmt: Statement, *, database: str | None, settings: dict[str, str], params: dict[str, str],
@@ -98,9 +96,15 @@ class Engine:
                                      "pass settings as URL parameters")
         start = time.monotonic()
         with self.lock:
-            self._prepare(database, settings)
             if stmt.data is not None:
-                return self._insert(stmt, rejects, start)
+                # A data insert carries the settings the session does not have yet in its own SETTINGS
+                # clause: its per-insert ``insert_deduplication_token`` would otherwise cost a SET before
+                # it and a SET ... = DEFAULT before the next statement, each a statement of ~1 ms CPU
+                # (2.4% of the engine's CPU on the batched workload, measured per statement).
+                inline = {k: v for k, v in settings.items() if self.applied.get(k) != v}
+                self._prepare(database, {k: v for k, v in settings.items() if k not in inline})
+                return self._insert(stmt, rejects, start, inline)
+            self._prepare(database, settings)
             return self._query(stmt.head, params, default_format, start)
 
     def _query(self, sql: str, params: dict[str, str], default_format: str | None, start: float) -> Answer:
@@ -117,7 +121,8 @@ class Engine:
             return Answer(b"", None, _summary(result, start))
         return Answer(body[body.find(b"\n") + 1:], "TabSeparated", _summary(result, start))
 
-    def _insert(self, stmt: Statement, rejects: list[Fault], start: float) -> Answer:
+    def _insert(self, stmt: Statement, rejects: list[Fault], start: float, settings: dict[str, str]) -> Answer:
+        clause = f" SETTINGS {', '.join(_setting(k, v) for k, v in settings.items())}" if settings else ""
         with tempfile.NamedTemporaryFile(dir=self.scratch, suffix="." + stmt.fmt.lower()) as block:
             block.write(stmt.data or b"")
             block.flush()
@@ -128,7 +133,7 @@ class Engine:
                         117, f"Rejected by an injected fault: {found} row(s) of the block have the marker in "
                              f"column {fault.column}"))
             # A newline after the target: a comment ending it cannot swallow the rest of the statement.
-            result = self._run(f"INSERT INTO {stmt.target}\nFROM INFILE {_quote(block.name)} FORMAT {stmt.fmt}",
+            result = self._run(f"INSERT INTO {stmt.target}\nFROM INFILE {_quote(block.name)}{clause} FORMAT {stmt.fmt}",
                                "TabSeparated")
         summary = _summary(result, start)
         summary.update(written_rows=summary["read_rows"], written_bytes=summary["read_bytes"])
@@ -147,6 +152,14 @@ class RejectedError(Exception):
     def __init__(self, fault: Fault, error: EngineError) -> None:
         super().__init__(error.text)
         self.fault, self.error = fault, error
+
+
+def _setting(name: str, value: str) -> str:
+    """``name = 'value'`` for SET or a SETTINGS clause; a name that is not an identifier is refused as
+    unknown (it is never written into a statement)."""
+    if not IDENTIFIER.match(name):
+        raise EngineError.of(115, f"Unknown setting '{name}'")
+    return f"{name} = {_quote(value)}"
 
 
 def _quote(value: str) -> str:
