@@ -166,8 +166,9 @@ def _with_batch_id(batches: list[pa.RecordBatch], body: pa.Schema, schema: pa.Sc
 
 
 # The narrowest index type the flush's table uses for a dictionary column whose unified dictionary fits.
-NARROW_INDEX = pa.int8()
-_NARROW_MAX = 127
+_NARROW_NP = np.int8
+NARROW_INDEX = pa.from_numpy_dtype(_NARROW_NP)
+_NARROW_MAX = int(np.iinfo(_NARROW_NP).max)
 
 
 def narrow_indices(table: pa.Table) -> pa.Table:
@@ -188,7 +189,7 @@ def narrow_indices(table: pa.Table) -> pa.Table:
         if column.num_chunks == 0 or column.null_count or len(column.chunk(0).dictionary) > _NARROW_MAX:
             continue
         # after unify_dictionaries every chunk holds the same dictionary, so its indices stay valid
-        chunks = [pa.DictionaryArray.from_arrays(pa.array(c.indices.to_numpy().astype(np.int8)), c.dictionary,
+        chunks = [pa.DictionaryArray.from_arrays(pa.array(c.indices.to_numpy().astype(_NARROW_NP)), c.dictionary,
                                                  safe=False) for c in column.chunks]
         narrow = pa.field(f.name, pa.dictionary(NARROW_INDEX, f.type.value_type), f.nullable, f.metadata)
         table = table.set_column(i, narrow, pa.chunked_array(chunks, narrow.type))
