@@ -9,6 +9,7 @@ even though they would cost no round trip.
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -54,7 +55,9 @@ def test_lag_is_log_end_less_position_and_grows_while_paused(broker: str) -> Non
         assert lag_of(metrics, topic, 0) is None and lag_of(metrics, topic, 1) is None
 
         consumed = {0: 0, 1: 0}
+        deadline = time.monotonic() + 60
         while consumed[0] < 30 or consumed[1] < 10:  # a poll may bring more than asked of a partition
+            assert time.monotonic() < deadline, f"only {consumed} records consumed in 60 s"
             for m in consumer.consume(10, 5):
                 partition = m.partition()
                 if m.error() is None and partition is not None:

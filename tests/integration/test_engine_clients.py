@@ -146,8 +146,8 @@ def test_the_pipelines_store_inserts_dictionaries_under_each_compression(engine:
 
 def test_an_inserts_settings_apply_to_it_alone(engine: Engine) -> None:
     """A data insert's settings go into its own statement (``store.Engine.execute``), not the session:
-    the deduplication token deduplicates, the next request does not inherit it, a request's setting
-    the session already has stays, and a setting name that is not an identifier is refused."""
+    the deduplication token deduplicates, the next request does not inherit it nor a setting the
+    insert repeated from the session, and a setting name that is not an identifier is refused."""
     client = engine.client()
     try:
         client.command("CREATE TABLE IF NOT EXISTS otel.tok (n UInt64) ENGINE = MergeTree ORDER BY n "
@@ -157,11 +157,13 @@ def test_an_inserts_settings_apply_to_it_alone(engine: Engine) -> None:
                               {"insert_deduplication_token": token}, "TSV")
         assert client.command("SELECT count() FROM otel.tok") == 6  # "a" once, then "b" and "c"
         assert client.command("SELECT getSetting('insert_deduplication_token')") == ""
-        # a setting the session holds (set by a query) and the insert repeats: kept, not reset
-        assert client.command("SELECT getSetting('max_threads')", settings={"max_threads": 1}) == 1
-        client.raw_insert("otel.tok", ["n"], b"9\n", {"max_threads": 1, "insert_deduplication_token": "d"}, "TSV")
-        assert client.command("SELECT getSetting('max_threads')", settings={"max_threads": 1}) == 1
+        default_block = client.command("SELECT getSetting('max_block_size')")
+        # a setting the session holds (set by a query) and the insert repeats: kept for the insert
+        assert client.command("SELECT getSetting('max_block_size')", settings={"max_block_size": 1000}) == 1000
+        client.raw_insert("otel.tok", ["n"], b"9\n", {"max_block_size": 1000, "insert_deduplication_token": "d"}, "TSV")
+        assert client.command("SELECT getSetting('max_block_size')", settings={"max_block_size": 1000}) == 1000
         assert client.command("SELECT count() FROM otel.tok WHERE n = 9") == 1
+        assert client.command("SELECT getSetting('max_block_size')") == default_block != 1000  # a request without it
     finally:
         client.close()
     status, _, body = exchange(engine, "POST", {"query": "INSERT INTO otel.tok (n) FORMAT TSV",
