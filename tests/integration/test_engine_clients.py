@@ -166,6 +166,17 @@ def test_an_inserts_settings_apply_to_it_alone(engine: Engine) -> None:
         assert client.command("SELECT getSetting('max_block_size')") == default_block != 1000  # a request without it
     finally:
         client.close()
+    # a value is a quoted literal in the statement: quotes, backslashes and comments stay in the token
+    hostile = "x\\' , max_block_size = '1' -- \n'; DROP TABLE otel.tok"
+    for _ in range(2):
+        status, _, body = exchange(engine, "POST", {"query": "INSERT INTO otel.tok (n) FORMAT TSV",
+                                                    "insert_deduplication_token": hostile}, b"7\n")
+        assert status == 200, body
+    client = engine.client()
+    try:
+        assert client.command("SELECT count() FROM otel.tok WHERE n = 7") == 1  # deduplicated by that exact token
+    finally:
+        client.close()
     status, _, body = exchange(engine, "POST", {"query": "INSERT INTO otel.tok (n) FORMAT TSV",
                                                 "bad name": "1"}, b"5\n")
     assert status != 200 and body.startswith(b"Code: 115. DB::Exception: Unknown setting 'bad name'"), body
