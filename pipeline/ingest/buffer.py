@@ -209,7 +209,6 @@ class Buffer:
     records: int = 0
     batch_id: int = 0
     done: set[str] = field(default_factory=set)  # flush steps already acknowledged
-    attempted: set[str] = field(default_factory=set)  # steps tried at least once (maybe applied)
     tables: dict[str, pa.Table] = field(default_factory=dict)  # built once per flush
     pending: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # row ranges not yet stored
     bad_rows: dict[str, list[int]] = field(default_factory=dict)  # rows refused as bad data so far

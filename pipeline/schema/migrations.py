@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config.policy import SCHEMAS_DIR, Policy, load_policy
+from pipeline.schema import aggregates
 
 MIGRATIONS_DIR = SCHEMAS_DIR / "clickhouse"
 _NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
@@ -111,7 +112,8 @@ def split_statements(sql: str) -> list[str]:
 def render(database: str, cluster: str = "", policy: Policy | None = None) -> list[Migration]:
     """All migrations, rendered for a database (and cluster), in version order."""
     policy = policy or load_policy()
-    values: dict[str, Any] = {"db": database, **engines(cluster), **policy.template_values()}
+    values: dict[str, Any] = {"db": database, **engines(cluster), **policy.template_values(),
+                              **aggregates.template_values(database)}
     out = []
     for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
         match = _NAME.match(path.name)

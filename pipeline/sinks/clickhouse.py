@@ -1,9 +1,10 @@
-"""The ClickHouse store: acknowledged Arrow inserts, aggregation by the engine, and recovery queries.
+"""The ClickHouse store: acknowledged Arrow inserts, and the recovery queries.
 
 Implements ``sinks/protocol.Store`` for ``sinks/writer.py``, which owns the delivery protocol. The
-aggregate of a write is computed *by the engine* from exactly the stored rows
-(``INSERT ... SELECT ... WHERE ingest_batch = X``), so aggregates always equal a recomputation; the
-recovery reads the src_* columns at or past a committed offset.
+aggregate of a write is computed *by the engine* from exactly the stored rows, in the insert itself
+(the ``*_stats`` materialized views of migration 009, deduplicated by the insert's token), so aggregates
+always equal a recomputation; the recovery reads the src_* columns at or past a committed offset and
+rebuilds the minutes they touch with the views' own SELECT (``schema/aggregates.py``).
 
 Errors: ClickHouse codes for bad data (``PERMANENT_CODES``) are permanent -> the rows go to dead
 letters; everything else (connection refused, timeouts, 5xx, too many parts) is transient -> retried
@@ -23,8 +24,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.monitoring.metrics import Metrics
+from pipeline.schema.aggregates import STATS_TABLE, stats_select
 from pipeline.sinks.arrow_body import BodyWriter
-from pipeline.sinks.protocol import LOGS, SAMPLES, InsertError, RawTable, Recovery
+from pipeline.sinks.protocol import InsertError, RawTable, Recovery
 
 log = logging.getLogger(__name__)
 
@@ -33,25 +35,6 @@ log = logging.getLogger(__name__)
 # 131 TOO_LARGE_STRING_SIZE, 252 TOO_MANY_PARTS is *not* here (transient).
 PERMANENT_CODES = frozenset({6, 26, 27, 38, 41, 53, 69, 70, 72, 117, 131})
 _CODE = re.compile(r"Code:\s*(\d+)")
-
-AGG_LOGS = """
-INSERT INTO {db}.interface_stats_1m
-SELECT toStartOfMinute(request_time) AS minute, sdk_app_id, interface, 'log', src_partition,
-       count(), countIf(error_code != 0), sum(latency_ms), max(latency_ms),
-       quantilesTimingState(0.5, 0.9, 0.95, 0.99)(latency_ms)
-FROM {db}.request_logs WHERE {where}
-GROUP BY minute, sdk_app_id, interface, src_partition"""
-AGG_SAMPLES = """
-INSERT INTO {db}.interface_stats_1m
-SELECT toStartOfMinute(window_start) AS minute, sdk_app_id, interface, 'sample', src_partition,
-       sum(requests), sum(failures), toUInt64(sum(round(latency_avg_ms * requests))), max(latency_max_ms),
-       quantilesTimingStateIf(0.5, 0.9, 0.95, 0.99)(toUInt32(0), 0)
-FROM {db}.monitoring_samples WHERE {where}
-GROUP BY minute, sdk_app_id, interface, src_partition"""
-
-
-# Each raw table's aggregation into interface_stats_1m, by table name.
-AGG_SQL = {LOGS.name: AGG_LOGS, SAMPLES.name: AGG_SAMPLES}
 
 
 _TRANSPORT = ((re.compile(r"Connection refused|ConnectionRefused|NewConnectionError", re.I), "connection refused"),
@@ -141,12 +124,6 @@ class ClickHouseStore:
             self._low_cardinality = {table: frozenset(names) for table, names in found.items()}
         return self._low_cardinality
 
-    def aggregate(self, raw: RawTable, rows: int, batch_id: int) -> None:
-        """Step 2: fold the rows of one stored batch into interface_stats_1m, computed by the engine."""
-        if rows:
-            self.command(AGG_SQL[raw.name].format(db=self.db, where="ingest_batch = {b:UInt64}"),
-                         {"b": batch_id}, table="interface_stats_1m")
-
     def recover(self, raw: RawTable, topic_id: str, partition: int, committed: int) -> Recovery:
         """Find rows stored past the committed offset and rebuild their aggregate minutes."""
         params = {"t": topic_id, "p": partition, "o": committed}
@@ -165,12 +142,15 @@ class ClickHouseStore:
         stamps = [int(m.timestamp()) if hasattr(m, "timestamp") else int(m) for m in minutes]
         params = {"p": partition, "m": stamps, "s": raw.source}
         self.command(
-            f"ALTER TABLE {self.db}.interface_stats_1m DELETE WHERE source = {{s:String}} "
+            f"ALTER TABLE {self.db}.{STATS_TABLE} DELETE WHERE source = {{s:String}} "
             "AND src_partition = {p:UInt16} AND toUnixTimestamp(minute) IN {m:Array(UInt32)} "
-            "SETTINGS mutations_sync = 2", params, table="interface_stats_1m")
+            "SETTINGS mutations_sync = 2", params, table=STATS_TABLE)
         where = (f"src_partition = {{p:UInt16}} AND toUnixTimestamp(toStartOfMinute({raw.time_column})) "
                  "IN {m:Array(UInt32)}")
-        self.command(AGG_SQL[raw.name].format(db=self.db, where=where), params, table="interface_stats_1m")
+        # never deduplicated: the same minutes rebuilt twice (two crashes in a row) give the same block,
+        # which a deduplicating table (Replicated, or with migration 009's window) may drop by its hash
+        self.command(f"INSERT INTO {self.db}.{STATS_TABLE}\n{stats_select(raw.name, self.db, where)}\n"
+                     "SETTINGS insert_deduplicate = 0", params, table=STATS_TABLE)
         self.metrics.recovered_minutes.inc(len(stamps))
 
     def dead_letters_stored(self, topic_id: str, partition: int, committed: int) -> set[tuple[int, int]]:

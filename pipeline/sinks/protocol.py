@@ -1,7 +1,8 @@
 """The narrow contract between the delivery protocol (``sinks/writer.py``) and a store.
 
-A store adds rows under a deduplication token, folds stored rows into the aggregate table, and on
-partition assignment says what a previous owner stored without committing. Every failure is an
+A store adds rows under a deduplication token and folds them into the aggregate table as it stores
+them (a retry with the token adds nothing to either), and on partition assignment says what a previous
+owner stored without committing. Every failure is an
 ``InsertError`` that says whether a retry can help (transient) or not (permanent: bad data). The
 writer decides what to do with each; a second store means a second implementation of ``Store``, not
 an edit of the writer.
@@ -50,10 +51,8 @@ class Store(Protocol):
     """Where rows go. Each call is acknowledged or raises ``InsertError``."""
 
     def insert_arrow(self, table: str, data: pa.Table, token: str | None = None) -> None:
-        """Add rows; a retry with the same ``token`` stores nothing twice."""
-
-    def aggregate(self, raw: RawTable, rows: int, batch_id: int) -> None:
-        """Fold the rows stored under ``batch_id`` into the aggregate table."""
+        """Add rows, and fold raw rows into the aggregate table; a retry with the same ``token`` stores
+        and folds nothing twice."""
 
     def rebuild(self, raw: RawTable, partition: int, minutes: Iterable[Any]) -> None:
         """Recompute a partition's aggregate minutes from the raw rows (idempotent)."""

@@ -3,9 +3,10 @@
 A write is a sequence of acknowledged steps (the worker commits Kafka offsets only after ``write``
 returned):
 1. dead letters of invalid records -> the dead-letter topic (acknowledged), then the ledger;
-2. raw rows -> ``request_logs`` / ``monitoring_samples``, each insert under a deduplication token;
-3. ``interface_stats_1m`` <- aggregated by the store from exactly those stored rows;
-4. dead letters of rows the store refused as bad data, then the SLI metrics.
+2. raw rows -> ``request_logs`` / ``monitoring_samples``, each insert under a deduplication token; the
+   store folds each inserted block into ``interface_stats_1m`` in the same statement (the views of
+   migration 009), and drops a retried block from both tables by its token;
+3. dead letters of rows the store refused as bad data, then the SLI metrics.
 The buffer remembers each acknowledged step, down to the row ranges of a split insert, so a retry
 resumes at the failed step and stores nothing twice. A crash between two steps leaves rows whose
 offsets were not committed: on partition assignment ``recover`` finds them (their src_* columns),
@@ -85,10 +86,6 @@ class Writer:
                 self._insert_raw(b, raw, table)
                 b.done.add(raw.name)
                 failpoints.hit("flush.after_raw")
-            if raw.name + "+agg" not in b.done:
-                self._aggregate(b, raw, table)
-                b.done.add(raw.name + "+agg")
-                failpoints.hit("flush.after_aggregate")
         self._send_dead(b, b.rejected, "rejected")
         if "metrics" not in b.done:
             self._after_write(b.tables[LOGS.name])
@@ -203,22 +200,6 @@ class Writer:
             log.warning("ClickHouse rejected %d rows of %s as bad data; they go to dead letters", len(bad), raw.name)
             b.rejected.extend(self._rejected_row(raw, table, i, b.reject_codes.get(i)) for i in bad)
             bad.clear()
-
-    def _aggregate(self, b: Buffer, raw: RawTable, table: pa.Table) -> None:
-        """Fold the stored rows of this write into ``interface_stats_1m``. If an earlier attempt
-        failed, it may have been applied with only its answer lost: then the minutes this write
-        touches are rebuilt from the raw rows instead (idempotent), so nothing is counted twice."""
-        step = raw.name + "+agg"
-        if step not in b.attempted:
-            b.attempted.add(step)
-            self.store.aggregate(raw, table.num_rows, b.batch_id)
-            return
-        if table.num_rows == 0:
-            return
-        partitions = table.column("src_partition").to_numpy()
-        minutes = table.column(raw.time_column).cast(pa.int64()).to_numpy() // 60_000 * 60
-        for partition in np.unique(partitions).tolist():
-            self.store.rebuild(raw, int(partition), sorted(set(minutes[partitions == partition].tolist())))
 
     def _rejected_row(self, raw: RawTable, table: pa.Table, row: int, code: int | None) -> DeadLetter:
         """A dead letter for one stored-format row ClickHouse refused (its client IP is already

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 
-POINTS = ("flush.before_raw", "flush.after_raw", "flush.after_aggregate", "flush.after_dead_letters",
+POINTS = ("flush.before_raw", "flush.after_raw", "flush.after_dead_letters",
           "commit.before", "commit.after", "revoke.before_flush", "assign.before_recover")
 
 

@@ -118,15 +118,18 @@ def test_per_app_retention_is_enforced_and_audited(pipeline_env: dict[str, str])
     before = imtel(env, "audit", "--format", "json")
     assert before.returncode == 1, before.stderr
     failed = sorted(ch["name"] for ch in json.loads(before.stdout)["checks"] if ch["status"] == "violation")
-    assert failed == [f"app {a} request_logs", f"app {c} monitoring_samples"]
+    # c's sample was also folded into interface_stats_1m (migration 009's view): past c's day there too
+    assert failed == [f"app {a} request_logs", f"app {c} interface_stats_1m", f"app {c} monitoring_samples"]
 
     enforced = imtel(env, "apps", "enforce")
     assert enforced.returncode == 0, enforced.stderr
     assert "request_logs: 1 rows of 1 app(s) with 2-day retention" in enforced.stdout
     assert "monitoring_samples: 1 rows of 1 app(s) with 1-day retention" in enforced.stdout
+    assert "interface_stats_1m: 1 rows of 1 app(s) with 1-day retention" in enforced.stdout
     after = imtel(env, "audit", "--format", "json")
     checks = {ch["name"]: ch["status"] for ch in json.loads(after.stdout)["checks"]}
     assert after.returncode == 0 and checks[f"app {a} request_logs"] == "ok", after.stdout
+    assert checks[f"app {c} interface_stats_1m"] == "ok", after.stdout
     rows = run_sql(store, ["SELECT request_id FROM imtel.request_logs ORDER BY request_id",
                            "SELECT sdk_app_id FROM imtel.monitoring_samples"], migrate=False)
     assert rows == [[[f"{a}-1"], [f"{b}-2"]], [[a]]]  # a's old row gone; b (policy) and a's 2-day sample stay

@@ -23,7 +23,6 @@ class MemoryStore:
         self.refuse, self.transient, self.calls = refuse, transient, 0
         self.tokens: set[str] = set()
         self.lose_answers = 0
-        self.aggregated = 0
         self.rebuilt: list[tuple[int, list[int]]] = []
 
     def insert_arrow(self, table: str, data: pa.Table, token: str | None = None) -> None:
@@ -45,14 +44,6 @@ class MemoryStore:
 
     def rebuild(self, raw: Any, partition: int, minutes: list[int]) -> None:
         self.rebuilt.append((partition, minutes))
-
-    def aggregate(self, raw: Any, rows: int, batch_id: int) -> None:
-        if not rows:
-            return
-        self.aggregated += 1
-        if self.lose_answers > 0:
-            self.lose_answers -= 1
-            raise InsertError("ClickHouse unreachable: timed out", None, permanent=False)
 
     def stored_keys(self, table: str, keys: Any) -> set[tuple[Any, ...]]:
         cols = ("src_topic_id", "src_partition", "src_offset", "src_index") + (

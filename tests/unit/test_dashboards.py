@@ -248,15 +248,6 @@ def chdb(tmp_path_factory):
         "src_offset, src_index, ingest_batch) VALUES " + ", ".join(rows)
     )
     client.command(
-        "INSERT INTO imtel.interface_stats_1m (minute, sdk_app_id, interface, source, "
-        "src_partition, requests, "
-        "failures, latency_sum_ms, latency_max_ms, latency_q) "
-        "SELECT toStartOfMinute(request_time), sdk_app_id, interface, 'log', 0, count(), "
-        "countIf(error_code != 0), "
-        "sum(latency_ms), max(latency_ms), quantilesTimingState(0.5, 0.9, 0.95, 0.99)(latency_ms) "
-        "FROM imtel.request_logs GROUP BY 1, 2, 3"
-    )
-    client.command(
         "INSERT INTO imtel.monitoring_samples (window_start, sdk_app_id, interface, window_seconds, "
         "requests, failures, latency_avg_ms, latency_max_ms, reporter, src_topic_id, src_partition, "
         f"src_offset, src_index, ingest_batch) VALUES (fromUnixTimestamp64Milli({t0 * 1000}), "

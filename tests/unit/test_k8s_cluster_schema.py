@@ -83,3 +83,18 @@ def test_columns_a_migration_adds_reach_the_distributed_tables() -> None:
         "ALTER TABLE imtel.dead_letters ON CLUSTER 'imtel' ADD COLUMN IF NOT EXISTS replay_count UInt8 "
         "AFTER sdk_app_id"]
     assert migrations.distributed_column_fixes(local, local, DB, CLUSTER) == []
+
+
+def test_each_shards_views_fold_its_local_raw_table_into_its_local_aggregate() -> None:
+    """Migration 009 on a cluster: an insert through a Distributed table lands in one shard's local raw
+    table, so the view must sit on that local table and write the local aggregate table. The views get
+    no Distributed table (they store nothing), and their SELECT is the recovery's (schema/aggregates.py)."""
+    from pipeline.schema import aggregates
+
+    views = [s for s in migrations.cluster_statements(DB, CLUSTER) if s.startswith("CREATE MATERIALIZED VIEW")]
+    assert len(views) == 2
+    for table, statement in zip(("request_logs", "monitoring_samples"), views, strict=True):
+        assert statement.startswith(f"CREATE MATERIALIZED VIEW IF NOT EXISTS imtel_local.{table}_stats "
+                                    f"ON CLUSTER 'imtel' TO imtel_local.interface_stats_1m AS\n")
+        assert statement.endswith(aggregates.stats_select(table, "imtel_local"))
+    assert not [s for s in migrations.distributed_statements(DB, CLUSTER) if "_stats " in s]

@@ -219,11 +219,6 @@ CHILD = textwrap.dedent("""
     migrations.apply(client, "imtel")
     rows = [[datetime.fromisoformat(r[0]), *r[1:]] for r in spec["rows"]]
     client.insert("imtel.request_logs", rows, column_names=spec["columns"])
-    client.command(
-        "INSERT INTO imtel.interface_stats_1m SELECT toStartOfMinute(request_time), sdk_app_id, interface, 'log', "
-        "src_partition, count(), countIf(error_code != 0), sum(latency_ms), max(latency_ms), "
-        "quantilesTimingState(0.5, 0.9, 0.95, 0.99)(latency_ms) FROM imtel.request_logs "
-        "GROUP BY 1, 2, 3, 5")
     for app, name, status, updated in spec["apps"]:
         client.command("INSERT INTO imtel.applications (sdk_app_id, name, status, created_at, updated_at) "
                        "VALUES ({a:UInt32}, {n:String}, {s:String}, now(), fromUnixTimestamp64Milli({u:Int64}))",

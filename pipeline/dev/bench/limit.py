@@ -10,9 +10,9 @@ lowered by the per-record Python regex of the strict struct.
 
 ``python -m pipeline.dev.bench.limit insert JOB``: reads and decodes the same topic *untimed*, builds
 the same ``request_logs`` rows as Arrow tables of 100k rows (IP minimised, origin columns filled),
-then times only clickhouse-connect's ``insert_arrow`` into the embedded engine, and separately the
-pipeline's aggregate ``INSERT ... SELECT`` over each inserted batch, then the background merges of
-the inserted parts (until none has run for a second).
+then times only clickhouse-connect's ``insert_arrow`` into the embedded engine (which folds each
+block into ``interface_stats_1m`` through the schema's view, as for the pipeline), then the background
+merges of the inserted parts (until none has run for a second).
 
 ``python -m pipeline.dev.bench.limit floor JOB`` opens a fresh embedded store and applies the migrations,
 nothing else: the peak RSS any process pays for the embedded engine.
@@ -129,11 +129,10 @@ def arrow_tables(job: Job) -> list[pa.Table]:
 
 
 def insert(job: Job) -> None:
-    """Time Arrow inserts alone, then the engine's aggregation of each batch (reported apart)."""
+    """Time Arrow inserts (the view's aggregate included), then the merges (reported apart)."""
     import clickhouse_connect
 
     from pipeline.schema import migrations
-    from pipeline.sinks.clickhouse import AGG_LOGS
 
     status = StatusWriter(job.status_path)
     client = clickhouse_connect.get_client(dsn=f"chdb://{job.store}")
@@ -145,16 +144,11 @@ def insert(job: Job) -> None:
     for table in tables:
         client.insert_arrow(f"{job.database}.request_logs", table)
     wall1, cpu1 = time.perf_counter(), time.process_time()
-    aggregate = AGG_LOGS.format(db=job.database, where="ingest_batch = {b:UInt64}")
-    for batch_no in range(1, len(tables) + 1):
-        client.command(aggregate, parameters={"b": batch_no})
-    wall2, cpu2 = time.perf_counter(), time.process_time()
     parts_before = active_parts(client, job.database)
     settle_merges(client)
-    wall3, cpu3 = time.perf_counter(), time.process_time()
+    wall2, cpu2 = time.perf_counter(), time.process_time()
     status.extra.update(insert_seconds=wall1 - wall0, insert_cpu_seconds=cpu1 - cpu0,
-                        aggregate_seconds=wall2 - wall1, aggregate_cpu_seconds=cpu2 - cpu1,
-                        merge_seconds=wall3 - wall2, merge_cpu_seconds=cpu3 - cpu2,
+                        merge_seconds=wall2 - wall1, merge_cpu_seconds=cpu2 - cpu1,
                         parts_before_merges=parts_before, parts_after_merges=active_parts(client, job.database))
     status.wrote(rows)
 

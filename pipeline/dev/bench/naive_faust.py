@@ -3,7 +3,7 @@
 The textbook design: a faust agent on the topic, one event at a time, stdlib ``json`` per message,
 hand-written field checks and the pipeline's IP minimiser per record, rows buffered and inserted with
 clickhouse-connect's row insert per batch of 1000 (plus a timer that flushes the tail after 1 s),
-each insert followed by the pipeline's aggregate ``INSERT ... SELECT`` over exactly those rows.
+each insert folded into the aggregate table by the schema's view, as the pipeline's are.
 faust commits offsets on its own timer (1 s here), i.e. possibly before the rows were inserted: the
 at-least-once gap the pipeline closes. Same faust broker settings as the pipeline (3 s rebalance).
 """

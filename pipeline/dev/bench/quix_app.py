@@ -7,8 +7,8 @@ The idiomatic Quix design: a ``StreamingDataFrame`` over the topic (bytes in), `
 expand=True)`` splitting each message into records (Quix's own orjson ``loads``; JSON object, array
 or NDJSON), ``apply`` checking fields and minimising the IP per record, and a ``BatchingSink`` that
 inserts each partition's rows at every checkpoint (``commit_interval`` 1 s, like the pipeline's
-flush interval) and runs the pipeline's aggregate ``INSERT ... SELECT`` over them; Quix commits the
-offsets only after the sink flushed. The aggregates come from the engine, not from Quix windows: a
+flush interval), which the schema's view folds into the aggregate table; Quix commits the offsets
+only after the sink flushed. The aggregates come from the engine, not from Quix windows: a
 window over a finite stream never closes its last minute, so its totals could not match.
 
 Shim for the bundled broker: Quix reads ``retention.ms`` from the DescribeConfigs answer of the
@@ -63,7 +63,7 @@ def main(job_path: str) -> int:
     rows_sink, builder = RowSink(client, job.database), RowBuilder(job.topic)
 
     class ClickHouseRows(BatchingSink):
-        """Inserts one partition's rows per checkpoint, then aggregates them in the engine."""
+        """Inserts one partition's rows per checkpoint (the engine's view aggregates them)."""
 
         def write(self, batch: SinkBatch) -> None:
             rows: list[Row] = [item.value for item in batch]

@@ -3,9 +3,9 @@
 What a straightforward implementation does per record: parse the message with a JSON library, check
 each field by hand (the same rules as ``schemas/request_log.schema.json``), minimise the exit IP
 with the pipeline's own minimiser, and build one row tuple for clickhouse-connect's row insert.
-The rows land in the same ``request_logs`` table, and the aggregates come from the pipeline's own
-``INSERT ... SELECT`` over exactly the inserted batch, so every contender must end with the same
-ClickHouse content. Imports nothing the Quix Streams virtualenv lacks.
+The rows land in the same ``request_logs`` table, and the aggregates come from the schema's own view
+over each inserted block (migration 009, as for the pipeline), so every contender must end with the
+same ClickHouse content. Imports nothing the Quix Streams virtualenv lacks.
 """
 
 from __future__ import annotations
@@ -92,19 +92,15 @@ def new_batch_id() -> int:
 
 
 class RowSink:
-    """Row inserts through clickhouse-connect, then the pipeline's aggregate over exactly those rows."""
+    """Row inserts through clickhouse-connect; the schema's view folds each into the aggregate table."""
 
     def __init__(self, client: Any, database: str) -> None:
-        from pipeline.sinks.clickhouse import AGG_LOGS
-
         self.client, self.db = client, database
-        self.aggregate_sql = AGG_LOGS.format(db=database, where="ingest_batch = {b:UInt64}")
 
     def write(self, rows: list[Row]) -> None:
-        """Insert rows (tagged with a fresh batch id) and fold them into ``interface_stats_1m``."""
+        """Insert rows, tagged with a fresh batch id (the view folds them into ``interface_stats_1m``)."""
         if not rows:
             return
         batch = new_batch_id()
         tagged = [(*r[:-1], batch) for r in rows]
         self.client.insert(f"{self.db}.request_logs", tagged, column_names=COLUMNS)
-        self.client.command(self.aggregate_sql, parameters={"b": batch})
