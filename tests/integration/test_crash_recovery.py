@@ -3,10 +3,10 @@ each time; afterwards the store holds every valid record exactly once, the aggre
 recomputation from the raw rows, and the dead letters are exactly the invalid records.
 
 The kills land where exactly-once is hard, through the worker's failpoints (``pipeline/worker/failpoints.py``):
-right after the raw insert (rows and their aggregate stored, the write not finished), after everything
-was stored but before the offset commit, inside a rebalance's revocation (a consumer joins the group, the worker dies with rows
-buffered), plus one plain ``kill -9`` at a random moment while it writes. A dedicated broker keeps the
-dead members a kill leaves behind away from the other tests' groups.
+right after the raw insert (rows and their aggregate stored, the write not finished), after
+everything was stored but before the offset commit, inside a rebalance's revocation (a consumer joins
+the group, the worker dies with rows buffered), plus one plain ``kill -9`` at a random moment while it
+writes. A dedicated broker keeps the dead members a kill leaves behind away from the other tests' groups.
 
 Dead-letter topic vs ledger: a flush sends dead letters to Kafka, waits for the acknowledgement, then
 writes the ledger rows; recovery skips what the ledger holds. So the ledger must equal the invalid set
