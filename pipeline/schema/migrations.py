@@ -149,6 +149,23 @@ def apply(client: Any, database: str, cluster: str = "", policy: Policy | None =
     return applied + reconcile_ttls(client, database, cluster, policy)
 
 
+def pending(client: Any, database: str, cluster: str = "", policy: Policy | None = None) -> list[str]:
+    """The migrations this code renders that the store has not applied (``009_stats_views``, ...), read
+    from ``schema_migrations`` of the database they go to (``<db>_local`` on a cluster).
+
+    Why a worker asks: on a cluster the migration Job applies the schema, not the workers, and a worker
+    must not write into a schema older than its code. Since migration 009 the store folds each insert
+    into ``interface_stats_1m``; a worker on an older schema would store rows without their aggregate."""
+    target = local_database(database) if cluster else database
+    if not target.isidentifier():
+        raise ValueError(f"database name {target!r} is not a plain identifier")
+    exists = client.query("SELECT count() FROM system.tables WHERE database = {d:String} AND name = "
+                          "'schema_migrations'", parameters={"d": target}).result_rows[0][0]
+    done = ({int(row[0]) for row in client.query(f"SELECT version FROM {target}.schema_migrations").result_rows}
+            if exists else set())
+    return [f"{m.version:03d}_{m.name}" for m in render(target, cluster, policy) if m.version not in done]
+
+
 # -- TTL reconciliation --------------------------------------------------------------------------------
 
 

@@ -163,6 +163,28 @@ def keep_pandas_out() -> None:
         sys.meta_path.insert(0, _KeepOut("pandas"))
 
 
+def require_schema(client: Any, s: Settings) -> None:
+    """On a cluster the migration Job applies the schema, not the worker: refuse to start, in one line,
+    when it has not applied every migration this code knows (a worker of a newer version rolled out
+    before its Job ran). Since migration 009 the store folds each insert into the aggregate table, so a
+    worker on an older schema would store rows without their aggregates, silently.
+
+    When ClickHouse does not answer now, the worker starts anyway (as it does through any ClickHouse
+    outage: consumption waits) and says it could not check."""
+    from pipeline.schema import migrations
+    from pipeline.sinks.clickhouse import classify
+
+    try:
+        missing = migrations.pending(client, s.clickhouse_database, s.clickhouse_cluster)
+    except Exception as exc:  # the driver's errors: unreachable, refused, no such database...
+        log.warning("could not check the ClickHouse schema version (%s); starting anyway", classify(exc))
+        return
+    if missing:
+        raise SettingsError(f"the ClickHouse schema of {migrations.local_database(s.clickhouse_database)} lacks "
+                            f"{', '.join(missing)}: run `imtel migrate --cluster {s.clickhouse_cluster}` (the "
+                            "migration Job of this version) before starting these workers")
+
+
 def run_worker(s: Settings, live_output: bool = False) -> int:
     """Build the pipeline and run the faust worker until SIGINT/SIGTERM."""
     from faust.worker import Worker
@@ -180,6 +202,8 @@ def run_worker(s: Settings, live_output: bool = False) -> int:
     throttle_driver_logs()  # now that faust imported aiokafka
     if not s.clickhouse_cluster:  # on a cluster the migration Job (imtel migrate --cluster) does it
         migrations.apply(pipeline.store.client, s.clickhouse_database)
+    else:
+        require_schema(pipeline.store.client, s)
     # The hot path allocates many short-lived lists; everything built so far lives as long as the
     # process. Freezing it and collecting less often saved ~10% of the processor's CPU on 300k records,
     # without letting garbage grow: cycles are still collected.

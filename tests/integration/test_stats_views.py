@@ -122,3 +122,31 @@ def test_the_views_fold_each_stored_row_exactly_once(tmp_path: Path) -> None:
     assert by_step["samples"]["samples_equal"]
     assert by_step["samples"]["requests"] == 1800 + sum(10 + i for i in range(40))
     assert recovery == {"recovered_keys": 800, "recovered_minutes": 3}
+
+
+PENDING = textwrap.dedent("""
+    import json, sys
+    from pipeline.schema import migrations
+    from pipeline.sinks.clickhouse import connect
+
+    client = connect("chdb://" + sys.argv[1])
+    out = {"fresh": migrations.pending(client, "imtel")}
+    migrations.apply(client, "imtel")
+    out["applied"] = migrations.pending(client, "imtel")
+    client.command("ALTER TABLE imtel.schema_migrations DELETE WHERE version = 9 SETTINGS mutations_sync = 2")
+    out["without 009"] = migrations.pending(client, "imtel")
+    migrations.apply(client, "imtel_local")  # what the migration Job leaves on a shard, minus ON CLUSTER
+    out["cluster"] = migrations.pending(client, "imtel", "imtel")
+    print(json.dumps(out))
+""")
+
+
+def test_pending_migrations_are_read_from_the_store(tmp_path: Path) -> None:
+    """What a worker on a cluster checks before it starts (``worker/run.py``, ``require_schema``)."""
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", PENDING, str(tmp_path / "store")], capture_output=True, text=True,
+                          timeout=180, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["fresh"][:2] == ["001_request_logs", "002_monitoring_samples"] and out["fresh"][-1] == "009_stats_views"
+    assert out["applied"] == [] and out["without 009"] == ["009_stats_views"] and out["cluster"] == []
