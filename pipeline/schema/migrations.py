@@ -288,7 +288,11 @@ def reconcile_ttls(client: Any, database: str, cluster: str = "", policy: Policy
 LOCAL_SUFFIX = "_local"
 # distributed_foreground_insert (ClickHouse >= 23.x; formerly insert_distributed_sync): an INSERT into
 # a Distributed table returns only after every shard has acknowledged its part.
-INSERT_SETTINGS = {"distributed_foreground_insert": 1}
+# deduplicate_blocks_in_dependent_materialized_views: a retried insert that a Replicated raw table drops
+# as a duplicate still runs migration 009's view; this makes the view's target drop the view's block too
+# (1 by default in chDB 26.9, where tests/integration/test_stats_views.py checks the behaviour; said
+# explicitly here so the servers' version or profile defaults cannot fold a retried block twice).
+INSERT_SETTINGS = {"distributed_foreground_insert": 1, "deduplicate_blocks_in_dependent_materialized_views": 1}
 _SHARDING_BY_TABLE = {"applications": "sdk_app_id"}
 
 

@@ -57,7 +57,8 @@ def test_apply_runs_migrations_on_the_local_database_then_the_distributed_layer(
     assert applied and client.commands[0] == "CREATE DATABASE IF NOT EXISTS imtel_local ON CLUSTER 'imtel'"
     assert client.commands[-len(migrations.distributed_statements(DB, CLUSTER)):] == \
         migrations.distributed_statements(DB, CLUSTER)
-    assert migrations.INSERT_SETTINGS == {"distributed_foreground_insert": 1}
+    assert migrations.INSERT_SETTINGS == {"distributed_foreground_insert": 1,
+                                          "deduplicate_blocks_in_dependent_materialized_views": 1}
 
 
 def test_the_worker_clickhouse_profile_makes_distributed_inserts_synchronous() -> None:
