@@ -68,6 +68,18 @@ class Migration:
     statements: tuple[str, ...]
     checksum: str
 
+    @property
+    def label(self) -> str:
+        """How people see it (``006_erasure_log``): its file name without ``.sql``."""
+        return f"{self.version:03d}_{self.name}"
+
+
+def plain(database: str) -> str:
+    """``database``, refused unless it is a plain identifier: it is written into SQL text."""
+    if not database.isidentifier():
+        raise ValueError(f"database name {database!r} is not a plain identifier")
+    return database
+
 
 def check_cluster_name(cluster: str) -> str:
     """A cluster name goes into SQL text (``ON CLUSTER '...'``): only plain names are accepted."""
@@ -136,7 +148,7 @@ def apply(client: Any, database: str, cluster: str = "", policy: Policy | None =
         "(version UInt32, name String, checksum String, applied_at DateTime DEFAULT now()) "
         f"ENGINE = {engines(cluster)['engine_replacing'].replace('updated_at', 'applied_at')} ORDER BY version"
     )
-    done = {row[0] for row in client.query(f"SELECT version FROM {database}.schema_migrations").result_rows}
+    done = applied_versions(client, database)
     applied = []
     for migration in render(database, cluster, policy):
         if migration.version in done:
@@ -145,8 +157,13 @@ def apply(client: Any, database: str, cluster: str = "", policy: Policy | None =
             client.command(statement)
         client.insert(f"{database}.schema_migrations", [[migration.version, migration.name, migration.checksum]],
                       column_names=["version", "name", "checksum"])
-        applied.append(f"{migration.version:03d}_{migration.name}")
+        applied.append(migration.label)
     return applied + reconcile_ttls(client, database, cluster, policy)
+
+
+def applied_versions(client: Any, database: str) -> set[int]:
+    """The versions ``database.schema_migrations`` records (the table must exist)."""
+    return {int(row[0]) for row in client.query(f"SELECT version FROM {plain(database)}.schema_migrations").result_rows}
 
 
 def pending(client: Any, database: str, cluster: str = "", policy: Policy | None = None) -> list[str]:
@@ -156,14 +173,11 @@ def pending(client: Any, database: str, cluster: str = "", policy: Policy | None
     Why a worker asks: on a cluster the migration Job applies the schema, not the workers, and a worker
     must not write into a schema older than its code. Since migration 009 the store folds each insert
     into ``interface_stats_1m``; a worker on an older schema would store rows without their aggregate."""
-    target = local_database(database) if cluster else database
-    if not target.isidentifier():
-        raise ValueError(f"database name {target!r} is not a plain identifier")
+    target = plain(local_database(database) if cluster else database)
     exists = client.query("SELECT count() FROM system.tables WHERE database = {d:String} AND name = "
                           "'schema_migrations'", parameters={"d": target}).result_rows[0][0]
-    done = ({int(row[0]) for row in client.query(f"SELECT version FROM {target}.schema_migrations").result_rows}
-            if exists else set())
-    return [f"{m.version:03d}_{m.name}" for m in render(target, cluster, policy) if m.version not in done]
+    done = applied_versions(client, target) if exists else set()
+    return [m.label for m in render(target, cluster, policy) if m.version not in done]
 
 
 # -- TTL reconciliation --------------------------------------------------------------------------------
@@ -264,9 +278,8 @@ def desired_ttls(database: str, cluster: str = "", policy: Policy | None = None)
 def actual_ttls(client: Any, database: str) -> dict[str, str | None]:
     """Table -> TTL clause as the server has it (``system.tables.engine_full``). The database name is
     a checked identifier (it is part of every statement here), so it is written into the SQL."""
-    if not database.isidentifier():
-        raise ValueError(f"database name {database!r} is not a plain identifier")
-    rows = client.query(f"SELECT name, engine_full FROM system.tables WHERE database = '{database}'").result_rows
+    rows = client.query(f"SELECT name, engine_full FROM system.tables WHERE database = '{plain(database)}'"
+                        ).result_rows
     return {str(name): ttl_clause(str(engine_full)) for name, engine_full in rows}
 
 
