@@ -421,9 +421,18 @@ static const char *object(const char *p, const char *end, int newline_ok, Record
     for (;;) {
         const char *key;
         Py_ssize_t key_len, chars;
-        p = plain_string(p, end, &key, &key_len, &chars);
-        if (!p) return NULL;
-        f = field_of(key, key_len, f + 1);
+        int hint = f + 1;
+        if (hint < N_FIELDS && end - p > NAME_LEN[hint] + 1 && p[0] == '"' && p[1 + NAME_LEN[hint]] == '"' &&
+            same_bytes(p + 1, NAMES[hint], NAME_LEN[hint])) {
+            /* The key producers write next, quoted: what plain_string and field_of would find (a name
+             * is plain ASCII, so the scan stops at that quote), without the scan. */
+            f = hint;
+            p += NAME_LEN[hint] + 2;
+        } else {
+            p = plain_string(p, end, &key, &key_len, &chars);
+            if (!p) return NULL;
+            f = field_of(key, key_len, hint);
+        }
         if (f < 0 || (r->seen & (1u << f))) return NULL;
         r->seen |= 1u << f;
         p = skip_ws(p, end, newline_ok);
