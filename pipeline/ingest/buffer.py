@@ -32,14 +32,14 @@ LOG_SCHEMA = pa.schema([
     ("error_code", pa.int32()), ("exception", pa.string()), ("region", LOW_CARDINALITY),
     ("platform", LOW_CARDINALITY),
     ("src_topic_id", LOW_CARDINALITY), ("src_partition", pa.uint16()), ("src_offset", pa.uint64()),
-    ("src_index", pa.uint32()), ("ingest_batch", pa.uint64()),
+    ("src_index", pa.uint32()),
 ])
 SAMPLE_SCHEMA = pa.schema([
     ("window_start", pa.timestamp("ms", tz="UTC")), ("sdk_app_id", pa.uint32()), ("interface", pa.string()),
     ("window_seconds", pa.uint16()), ("requests", pa.uint32()), ("failures", pa.uint32()),
     ("latency_avg_ms", pa.float64()), ("latency_max_ms", pa.uint32()), ("reporter", pa.string()),
     ("src_topic_id", LOW_CARDINALITY), ("src_partition", pa.uint16()), ("src_offset", pa.uint64()),
-    ("src_index", pa.uint32()), ("ingest_batch", pa.uint64()),
+    ("src_index", pa.uint32()),
 ])
 DEAD_LETTER_SCHEMA = pa.schema([
     ("src_topic", pa.string()), ("src_topic_id", pa.string()), ("src_partition", pa.uint16()),
@@ -74,7 +74,8 @@ class DeadLetter:
 
 
 def new_batch_id() -> int:
-    """Unique, roughly time-ordered id of one flush (ms << 20 | random): min-max-indexable."""
+    """Unique, roughly time-ordered id of one flush (ms << 20 | random): the prefix of its inserts'
+    deduplication tokens and the ``ingest_batch`` of its dead-letter ledger rows."""
     return (time.time_ns() // 1_000_000) << 20 | int.from_bytes(np.random.bytes(3), "big") & 0xFFFFF
 
 
@@ -110,7 +111,7 @@ def log_batch(records: Sequence[RequestLog], times: np.ndarray, nets: pa.Array, 
         pc.dictionary_encode(pa.array([r.region for r in records], pa.string())),
         pc.dictionary_encode(pa.array([r.platform for r in records], pa.string())),
         *_origin(topic_id, len(records), partitions, offsets, indices),
-    ], schema=_LOG_BODY)
+    ], schema=LOG_SCHEMA)
 
 
 def columns_batch(cols: Columns, nets: pa.Array, topic_id: str, partitions: np.ndarray, offsets: np.ndarray,
@@ -120,7 +121,7 @@ def columns_batch(cols: Columns, nets: pa.Array, topic_id: str, partitions: np.n
         _event_times(cols.request_time, LOG_SCHEMA), cols.sdk_app_id,
         cols.interface, cols.request_id, nets, cols.latency_ms, cols.error_code, cols.exception, cols.region,
         cols.platform, *_origin(topic_id, len(cols), partitions, offsets, indices),
-    ], schema=_LOG_BODY)
+    ], schema=LOG_SCHEMA)
 
 
 def sample_batch(records: Sequence[MonitoringSample], times: np.ndarray, topic_id: str, partitions: np.ndarray,
@@ -136,7 +137,7 @@ def sample_batch(records: Sequence[MonitoringSample], times: np.ndarray, topic_i
         pa.array([r.latency_max_ms for r in records], pa.uint32()).fill_null(0),
         pa.array([r.reporter for r in records], pa.string()),
         *_origin(topic_id, len(records), partitions, offsets, indices),
-    ], schema=_SAMPLE_BODY)
+    ], schema=SAMPLE_SCHEMA)
 
 
 def _event_times(times: np.ndarray, schema: pa.Schema) -> pa.Array:
@@ -154,15 +155,9 @@ def _origin(topic_id: str, n: int, partitions: np.ndarray, offsets: np.ndarray, 
             pa.array(offsets, pa.uint64()), pa.array(indices, pa.uint32())]  # out of range raises, never wraps
 
 
-_LOG_BODY = pa.schema(list(LOG_SCHEMA)[:-1])
-_SAMPLE_BODY = pa.schema(list(SAMPLE_SCHEMA)[:-1])
-
-
-def _with_batch_id(batches: list[pa.RecordBatch], body: pa.Schema, schema: pa.Schema, batch_id: int) -> pa.Table:
+def _table(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
     # one dictionary per column: each batch brings its own, an Arrow IPC file (the insert body) takes one
-    table = narrow_indices(pa.Table.from_batches(batches, schema=body).unify_dictionaries())
-    ids = pa.array(np.full(table.num_rows, batch_id, dtype=np.uint64))
-    return table.append_column(schema.field("ingest_batch"), ids)
+    return narrow_indices(pa.Table.from_batches(batches, schema=schema).unify_dictionaries())
 
 
 # The narrowest index type the flush's table uses for a dictionary column whose unified dictionary fits.
@@ -250,11 +245,11 @@ class Buffer:
             self.held += len(message)
         self.records += 1
 
-    def log_table(self, batch_id: int) -> pa.Table:
-        return _with_batch_id(self.logs, _LOG_BODY, LOG_SCHEMA, batch_id)
+    def log_table(self) -> pa.Table:
+        return _table(self.logs, LOG_SCHEMA)
 
-    def sample_table(self, batch_id: int) -> pa.Table:
-        return _with_batch_id(self.samples, _SAMPLE_BODY, SAMPLE_SCHEMA, batch_id)
+    def sample_table(self) -> pa.Table:
+        return _table(self.samples, SAMPLE_SCHEMA)
 
 
 _EXCEPTION = LOG_SCHEMA.get_field_index("exception")

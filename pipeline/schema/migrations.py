@@ -376,11 +376,14 @@ def apply_cluster(client: Any, database: str, cluster: str, policy: Policy | Non
 
 def distributed_column_fixes(local: list[tuple[str, str, str]], dist: list[tuple[str, str, str]], database: str,
                              cluster: str) -> list[str]:
-    """``ALTER ... ADD COLUMN`` for the Distributed tables, from (table, column, type) rows of
+    """``ALTER ... ADD/DROP COLUMN`` for the Distributed tables, from (table, column, type) rows of
     ``system.columns`` in apply order. A Distributed table is created once ``AS`` its local table, so
     a column a later migration adds to the local table (e.g. 008 on ``dead_letters``) is missing from
-    it, and every insert naming that column would fail on a cluster that predates the migration."""
+    it, and every insert naming that column would fail on a cluster that predates the migration; a
+    column a later migration drops (010's ``ingest_batch``) would stay on it, and the Distributed
+    table would forward that column to shards that no longer have it."""
     have = {(table, name) for table, name, _ in dist}
+    kept = {(table, name) for table, name, _ in local}
     tables = {table for table, _, _ in dist}
     on_cluster = engines(cluster)["on_cluster"]
     out: list[str] = []
@@ -390,4 +393,8 @@ def distributed_column_fixes(local: list[tuple[str, str, str]], dist: list[tuple
             after = f" AFTER {previous[table]}" if table in previous else " FIRST"
             out.append(f"ALTER TABLE {database}.{table} {on_cluster} ADD COLUMN IF NOT EXISTS {name} {kind}{after}")
         previous[table] = name
+    local_tables = {table for table, _, _ in local}
+    for table, name, _ in dist:
+        if table in local_tables and (table, name) not in kept:
+            out.append(f"ALTER TABLE {database}.{table} {on_cluster} DROP COLUMN IF EXISTS {name}")
     return out

@@ -74,7 +74,7 @@ class Writer:
         self._replays_stored(b)
         self._send_dead(b, b.dead, "dead")
         if "tables" not in b.done:
-            b.tables = {LOGS.name: b.log_table(b.batch_id), SAMPLES.name: b.sample_table(b.batch_id)}
+            b.tables = {LOGS.name: b.log_table(), SAMPLES.name: b.sample_table()}
             b.logs, b.samples = [], []
             if b.replayed:
                 self._drop_replayed(b)

@@ -88,7 +88,8 @@ def test_policy_change_through_migrations_and_old_rows(pipeline_env: dict[str, s
     engines, mutations, _, rows = run_sql(store, [
         "SELECT name, engine_full FROM system.tables WHERE database = 'imtel' AND name IN ('request_logs', "
         "'dead_letters') ORDER BY name",
-        "SELECT count() FROM system.mutations WHERE database = 'imtel'",
+        # 010's DROP INDEX / DROP COLUMN are mutations (of tables empty when it ran): the TTL's are counted
+        "SELECT count() FROM system.mutations WHERE database = 'imtel' AND command LIKE '%TTL%'",
         "ALTER TABLE imtel.request_logs MATERIALIZE TTL SETTINGS mutations_sync = 2",
         "SELECT request_id FROM imtel.request_logs"], migrate=False)
     assert all("TTL " in e and "toIntervalDay(3)" in e for _, e in engines), engines

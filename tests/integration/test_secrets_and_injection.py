@@ -117,10 +117,10 @@ SEED = textwrap.dedent("""
     migrations.apply(client, "imtel")
     now = int(time.time())
     client.command("INSERT INTO imtel.request_logs (request_time, sdk_app_id, interface, request_id, client_net, "
-                   "latency_ms, error_code, region, platform, src_topic_id, src_partition, src_offset, src_index, "
-                   "ingest_batch) SELECT fromUnixTimestamp64Milli(toInt64((%d - number) * 1000)), 1400000001, "
+                   "latency_ms, error_code, region, platform, src_topic_id, src_partition, src_offset, src_index) "
+                   "SELECT fromUnixTimestamp64Milli(toInt64((%d - number) * 1000)), 1400000001, "
                    "'v4/openim/sendmsg', toString(number), '203.0.113.0/24', number %% 500, "
-                   "if(number %% 10 = 0, 70001, 0), 'ap-seoul', 'iOS', 't', 0, number, 0, 1 FROM numbers(500)" % now)
+                   "if(number %% 10 = 0, 70001, 0), 'ap-seoul', 'iOS', 't', 0, number, 0 FROM numbers(500)" % now)
 """)
 COUNTS = ["SELECT name, total_rows FROM system.tables WHERE database = 'imtel' AND name != 'erasure_log' ORDER BY name",
           "SELECT count() FROM imtel.request_logs"]

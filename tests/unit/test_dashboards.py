@@ -240,18 +240,18 @@ def chdb(tmp_path_factory):
             f"(fromUnixTimestamp64Milli({(t0 + i * 5) * 1000}), {app}, '{iface}', 'req-{i}', "
             f"'203.0.113.0/24', {20 + (i * 37) % 900}, {code}, {exc}, "
             f"'{('ap-guangzhou', 'ap-singapore')[i % 2]}', '{('iOS', 'Android', 'Web')[i % 3]}', "
-            f"'t1', {i % 4}, {i}, 0, 1)"
+            f"'t1', {i % 4}, {i}, 0)"
         )
     client.command(
         "INSERT INTO imtel.request_logs (request_time, sdk_app_id, interface, request_id, client_net, "
         "latency_ms, error_code, exception, region, platform, src_topic_id, src_partition, "
-        "src_offset, src_index, ingest_batch) VALUES " + ", ".join(rows)
+        "src_offset, src_index) VALUES " + ", ".join(rows)
     )
     client.command(
         "INSERT INTO imtel.monitoring_samples (window_start, sdk_app_id, interface, window_seconds, "
         "requests, failures, latency_avg_ms, latency_max_ms, reporter, src_topic_id, src_partition, "
-        f"src_offset, src_index, ingest_batch) VALUES (fromUnixTimestamp64Milli({t0 * 1000}), "
-        f"{APPS[0]}, 'v4/openim/sendmsg', 60, 100, 1, 42.5, 300, 'sdk', 't2', 0, 0, 0, 1)"
+        f"src_offset, src_index) VALUES (fromUnixTimestamp64Milli({t0 * 1000}), "
+        f"{APPS[0]}, 'v4/openim/sendmsg', 60, 100, 1, 42.5, 300, 'sdk', 't2', 0, 0, 0)"
     )
     client.command(
         "INSERT INTO imtel.dead_letters (ingest_time, src_topic, src_topic_id, src_partition, "

@@ -86,6 +86,19 @@ def test_columns_a_migration_adds_reach_the_distributed_tables() -> None:
     assert migrations.distributed_column_fixes(local, local, DB, CLUSTER) == []
 
 
+def test_columns_a_migration_drops_leave_the_distributed_tables() -> None:
+    """A cluster created before migration 010: its Distributed raw tables still have ``ingest_batch``,
+    and would forward it to shards whose local tables no longer do."""
+    local = [("request_logs", "request_time", "DateTime64(3, 'UTC')"), ("request_logs", "src_index", "UInt32"),
+             ("request_logs", "ingest_time", "DateTime64(3, 'UTC')"), ("monitoring_samples", "src_index", "UInt32")]
+    dist = [("request_logs", "request_time", "DateTime64(3, 'UTC')"), ("request_logs", "src_index", "UInt32"),
+            ("request_logs", "ingest_batch", "UInt64"), ("request_logs", "ingest_time", "DateTime64(3, 'UTC')"),
+            ("monitoring_samples", "src_index", "UInt32"), ("monitoring_samples", "ingest_batch", "UInt64")]
+    assert migrations.distributed_column_fixes(local, dist, DB, CLUSTER) == [
+        "ALTER TABLE imtel.request_logs ON CLUSTER 'imtel' DROP COLUMN IF EXISTS ingest_batch",
+        "ALTER TABLE imtel.monitoring_samples ON CLUSTER 'imtel' DROP COLUMN IF EXISTS ingest_batch"]
+
+
 def test_each_shards_views_fold_its_local_raw_table_into_its_local_aggregate() -> None:
     """Migration 009 on a cluster: an insert through a Distributed table lands in one shard's local raw
     table, so the view must sit on that local table and write the local aggregate table. The views get

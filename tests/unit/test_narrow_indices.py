@@ -19,7 +19,7 @@ chunks = st.integers(1, 200).flatmap(lambda pool: st.lists(
 
 def dictionary_table(parts: list[list[str | None]]) -> pa.Table:
     """One dictionary column whose chunks each bring their own dictionary (as the decoder's takes do),
-    unified as ``_with_batch_id`` unifies them, and a plain column beside it."""
+    unified as ``buffer._table`` unifies them, and a plain column beside it."""
     typed = [pc.dictionary_encode(pa.array(p, pa.string())).cast(pa.dictionary(pa.int32(), pa.string()))
              for p in parts]
     plain = [pa.array(range(len(p)), pa.int64()) for p in parts]

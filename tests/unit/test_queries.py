@@ -204,7 +204,7 @@ def seed_rows(t1: datetime) -> list[list[Any]]:
                     if i % 5:
                         code, cause = INCIDENT_CODE, INCIDENT_CAUSE
                 rows.append([at, app, iface, f"r{app}-{minute}-{i}", "203.0.113.0/24", latency, code, cause, region,
-                             PLATFORMS[i % 2], "t1", 0, minute * 100 + i, 0, 1])
+                             PLATFORMS[i % 2], "t1", 0, minute * 100 + i, 0])
     return rows
 
 
@@ -266,8 +266,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str
         "top3_rows": TOP3_ROWS,
         "rows": [[r[0].isoformat(), *r[1:]] for r in seed_rows(t1)],
         "columns": ["request_time", "sdk_app_id", "interface", "request_id", "client_net", "latency_ms", "error_code",
-                    "exception", "region", "platform", "src_topic_id", "src_partition", "src_offset", "src_index",
-                    "ingest_batch"],
+                    "exception", "region", "platform", "src_topic_id", "src_partition", "src_offset", "src_index"],
         "apps": [[A, "Acme Chat", "active", ms], [B, "Old name", "active", ms - 60_000],
                  [B, "Beta Social", "active", ms]],
     }

@@ -28,8 +28,8 @@ from pipeline.schema import migrations
 # Where a stored column differs from the record field it comes from: the exit IP is never stored,
 # only its minimised form.
 STORED_AS = {"client_ip": "client_net"}
-# Columns the pipeline adds to every raw row: where it came from (exactly-once recovery) and which write.
-ORIGIN = ["src_topic_id", "src_partition", "src_offset", "src_index", "ingest_batch"]
+# Columns the pipeline adds to every raw row: where it came from (exactly-once recovery).
+ORIGIN = ["src_topic_id", "src_partition", "src_offset", "src_index"]
 CASES = [(RequestLog, LOG_SCHEMA, "request_logs", "request_log.schema.json"),
          (MonitoringSample, SAMPLE_SCHEMA, "monitoring_samples", "monitoring_sample.schema.json")]
 # Arrow type -> the ClickHouse type the insert lands in.
@@ -68,16 +68,31 @@ def _create(table: str) -> str:
                 if re.match(rf"CREATE TABLE IF NOT EXISTS imtel\.{table}\s", s))
 
 
+_COLUMN = r"([a-z_]+)\s+((?:LowCardinality\()?[A-Za-z0-9]+(?:\([^)]*\))?\)?)(.*)"
+
+
+def _column(match: re.Match[str]) -> tuple[str, str, bool]:
+    kind = re.sub(r"^LowCardinality\((.*)\)$", r"\1", match.group(2))
+    return match.group(1), kind, " DEFAULT " in f" {match.group(3)} "
+
+
 def _columns(table: str) -> list[tuple[str, str, bool]]:
-    """(name, type, has a DEFAULT) of a table's columns, from its rendered CREATE statement."""
+    """(name, type, has a DEFAULT) of a table's columns after every migration: its rendered CREATE
+    statement, then the columns later migrations add or drop (008, 010)."""
     statement = _create(table)
     body = statement[statement.index("(") + 1:statement.rindex("ENGINE")]
     out = []
     for line in body.splitlines():
-        match = re.match(r"\s*([a-z_]+)\s+((?:LowCardinality\()?[A-Za-z0-9]+(?:\([^)]*\))?\)?)(.*)", line)
+        match = re.match(rf"\s*{_COLUMN}", line)
         if match and match.group(1) not in ("INDEX", "CONSTRAINT") and not line.strip().startswith("INDEX"):
-            kind = re.sub(r"^LowCardinality\((.*)\)$", r"\1", match.group(2))
-            out.append((match.group(1), kind, " DEFAULT " in f" {match.group(3)} "))
+            out.append(_column(match))
+    for s in (s for m in migrations.render("imtel") for s in m.statements):
+        if not re.match(rf"ALTER TABLE imtel\.{table}\s", s):
+            continue
+        if added := re.search(rf"ADD COLUMN IF NOT EXISTS {_COLUMN}", s):
+            out.append(_column(added))
+        if dropped := re.search(r"DROP COLUMN IF EXISTS ([a-z_]+)", s):
+            out = [c for c in out if c[0] != dropped.group(1)]
     return out
 
 

@@ -39,8 +39,7 @@ ARROW_SCHEMA = pa.schema([
     ("request_time", pa.timestamp("ms", tz="UTC")), ("sdk_app_id", pa.uint32()), ("interface", pa.string()),
     ("request_id", pa.string()), ("client_net", pa.string()), ("latency_ms", pa.uint32()), ("error_code", pa.int32()),
     ("exception", pa.string()), ("region", pa.string()), ("platform", pa.string()), ("src_topic_id", pa.string()),
-    ("src_partition", pa.uint16()), ("src_offset", pa.uint64()), ("src_index", pa.uint32()),
-    ("ingest_batch", pa.uint64())])
+    ("src_partition", pa.uint16()), ("src_offset", pa.uint64()), ("src_index", pa.uint32())])
 
 
 class TypedDecoder:
@@ -105,7 +104,6 @@ def arrow_tables(job: Job) -> list[pa.Table]:
     cols: dict[str, list[Any]] = {c: [] for c in COLUMNS}
 
     def seal() -> None:
-        cols["ingest_batch"] = [len(tables) + 1] * len(cols["request_time"])
         tables.append(pa.Table.from_pydict(cols, schema=ARROW_SCHEMA))
         for values in cols.values():
             values.clear()

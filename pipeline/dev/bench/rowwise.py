@@ -10,16 +10,13 @@ same ClickHouse content. Imports nothing the Quix Streams virtualenv lacks.
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from pipeline.ingest.privacy import minimisation
 
 COLUMNS = ("request_time", "sdk_app_id", "interface", "request_id", "client_net", "latency_ms", "error_code",
-           "exception", "region", "platform", "src_topic_id", "src_partition", "src_offset", "src_index",
-           "ingest_batch")
+           "exception", "region", "platform", "src_topic_id", "src_partition", "src_offset", "src_index")
 REQUIRED = ("sdk_app_id", "interface", "request_time", "client_ip", "latency_ms", "error_code", "region",
             "platform", "request_id")
 DAY_MS = 86_400_000
@@ -83,12 +80,7 @@ class RowBuilder:
             return None
         return (rec["request_time"], rec["sdk_app_id"], rec["interface"], rec["request_id"], net, rec["latency_ms"],
                 rec["error_code"], rec.get("exception") or "", rec["region"], rec["platform"], self.topic_id,
-                partition, offset, index, 0)
-
-
-def new_batch_id() -> int:
-    """Unique, roughly time-ordered id of one insert (as the pipeline's: min-max-indexable)."""
-    return (time.time_ns() // 1_000_000) << 20 | random.getrandbits(20)
+                partition, offset, index)
 
 
 class RowSink:
@@ -98,9 +90,6 @@ class RowSink:
         self.client, self.db = client, database
 
     def write(self, rows: list[Row]) -> None:
-        """Insert rows, tagged with a fresh batch id (the view folds them into ``interface_stats_1m``)."""
-        if not rows:
-            return
-        batch = new_batch_id()
-        tagged = [(*r[:-1], batch) for r in rows]
-        self.client.insert(f"{self.db}.request_logs", tagged, column_names=COLUMNS)
+        """Insert rows (the view folds them into ``interface_stats_1m``)."""
+        if rows:
+            self.client.insert(f"{self.db}.request_logs", rows, column_names=COLUMNS)
