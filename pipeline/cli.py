@@ -68,10 +68,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     s = _settings(args)
     if problem := cluster_problem(args.cluster):  # rendered into ON CLUSTER '...': never arbitrary text
         raise UsageError(f"--cluster {problem}")
-    ensure_data_dir(s)
-    client = connect(s.clickhouse_url, s.clickhouse_user, s.clickhouse_password)
     cluster = args.cluster or s.clickhouse_cluster
     policy = _policy(args)
+    if args.print:  # for review: nothing is opened or connected to
+        for label, statements in migrations.script(s.clickhouse_database, cluster, policy):
+            print(f"-- {label}\n" + "".join(f"{statement.strip()};\n" for statement in statements))
+        return 0
+    ensure_data_dir(s)
+    client = connect(s.clickhouse_url, s.clickhouse_user, s.clickhouse_password)
     if cluster:  # replicated local tables + Distributed tables for reads and writes
         applied = migrations.apply_cluster(client, s.clickhouse_database, cluster, policy)
     else:
@@ -482,6 +486,9 @@ def parser() -> argparse.ArgumentParser:
     m = add("migrate", cmd_migrate, "apply ClickHouse migrations and reconcile TTLs with the retention policy")
     m.add_argument("--cluster", default="", help="render ON CLUSTER + Replicated engines for this cluster")
     m.add_argument("--policy", help="retention policy file (default: schemas/retention.yaml)")
+    m.add_argument("--print", action="store_true",
+                   help="print every migration's statements as they would be sent, connect to nothing, and exit "
+                        "(what depends on the server's state, such as TTL changes, is decided when applied)")
     t = add("topics", cmd_topics, "create the pipeline's Kafka topics and set their retention from the policy")
     t.add_argument("--policy", help="retention policy file (default: schemas/retention.yaml)")
     au = add("audit", cmd_audit, "check tables, rows and topics against the retention policy")

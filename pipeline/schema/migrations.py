@@ -349,12 +349,23 @@ def distributed_statements(database: str, cluster: str, policy: Policy | None = 
     return out
 
 
-def cluster_statements(database: str, cluster: str, policy: Policy | None = None) -> list[str]:
-    """The whole cluster schema in apply order (for ``imtel migrate --cluster NAME --print``)."""
+def script(database: str, cluster: str = "", policy: Policy | None = None) -> list[tuple[str, tuple[str, ...]]]:
+    """(label, statements) of the whole schema in apply order, for review before a migration runs
+    (``imtel migrate --print``): every migration rendered for ``database``, or on a cluster for
+    ``<db>_local`` ON CLUSTER between the local database's creation and the Distributed tables.
+    What ``apply`` decides from the server's state (the migrations already applied, TTL reconciliation,
+    the Distributed tables' column fixes) is not in it."""
+    if not cluster:
+        return [(m.label, m.statements) for m in render(database, "", policy)]
     on_cluster = engines(cluster)["on_cluster"]
-    return [f"CREATE DATABASE IF NOT EXISTS {local_database(database)} {on_cluster}",
-            *local_statements(database, cluster, policy),
-            *distributed_statements(database, cluster, policy)]
+    return [("local database", (f"CREATE DATABASE IF NOT EXISTS {local_database(database)} {on_cluster}",)),
+            *((m.label, m.statements) for m in render(local_database(database), cluster, policy)),
+            ("distributed tables", tuple(distributed_statements(database, cluster, policy)))]
+
+
+def cluster_statements(database: str, cluster: str, policy: Policy | None = None) -> list[str]:
+    """The whole cluster schema in apply order (``script``'s statements)."""
+    return [s for _, statements in script(database, cluster, policy) for s in statements]
 
 
 def apply_cluster(client: Any, database: str, cluster: str, policy: Policy | None = None) -> list[str]:

@@ -126,6 +126,30 @@ def test_migrate_refuses_a_cluster_argument_that_is_not_a_name(capsys: pytest.Ca
     assert err.startswith("imtel migrate: --cluster") and "\n" not in err
 
 
+def test_migrate_print_shows_the_schema_and_connects_to_nothing(capsys: pytest.CaptureFixture[str],
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    """For review before the migration Job runs (010 drops a column): the statements as they would be
+    sent, in apply order, with nothing opened; the store's directory is not even created."""
+    from pipeline.schema import migrations
+
+    store = tmp_path / "never-created"
+    monkeypatch.setenv("IMTEL_CLICKHOUSE_DSN", f"chdb://{store}")
+    assert cli.main(["migrate", "--print"]) == 0
+    out = capsys.readouterr().out
+    assert not store.exists()
+    labels = [line[3:] for line in out.splitlines() if line.startswith("-- ")]
+    assert labels == [m.label for m in migrations.render("imtel")]
+    assert "ALTER TABLE imtel.request_logs  DROP COLUMN IF EXISTS ingest_batch;" in out
+
+    assert cli.main(["migrate", "--print", "--cluster", "imtel"]) == 0
+    out = capsys.readouterr().out
+    labels = [line[3:] for line in out.splitlines() if line.startswith("-- ")]
+    assert labels[0] == "local database" and labels[-1] == "distributed tables"
+    assert out.count(";\n") == len(migrations.cluster_statements("imtel", "imtel"))
+    assert not store.exists()
+
+
 # -- values: typed, range-checked, bound -----------------------------------------------------------
 class RecordingStore:
     """Captures what a named query sends to the engine."""
