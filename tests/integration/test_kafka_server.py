@@ -17,9 +17,10 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from pipeline.dev import embedded, kafka_server
@@ -50,6 +51,23 @@ def create_topic(bootstrap: str, name: str, partitions: int = 1, replication: in
         if len(parts) == partitions and all(p.leader >= 0 for p in parts.values()):
             return
         assert time.monotonic() < deadline, f"{name}: no leader for every partition in 30s"
+        time.sleep(0.1)
+
+
+def partition_metadata(admin: AdminClient, topic: str, partition: int, timeout: float = 30.0) -> Any:
+    """One partition as ``admin``'s broker reports it, once that broker knows it with a leader. Brokers
+    learn of a new topic asynchronously: one other than the broker that created it may still list
+    the topic without its partitions for a moment (seen in CI: ``partitions[0]`` a KeyError)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            meta = admin.list_topics(topic, timeout=10).topics[topic]
+            part = meta.partitions.get(partition) if meta.error is None else None
+            if part is not None and part.leader >= 0:
+                return part
+        except KafkaException:  # the broker asked was restarting
+            pass
+        assert time.monotonic() < deadline, f"{topic}[{partition}] not in the metadata after {timeout}s"
         time.sleep(0.1)
 
 
@@ -233,7 +251,7 @@ def test_cluster_elects_a_new_leader_and_takes_the_old_one_back(tmp_path: Path) 
     try:
         admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
         create_topic(cluster.bootstrap, "replicated")  # the cluster's defaults: RF 3, min ISR 2
-        part = admin.list_topics("replicated", timeout=10).topics["replicated"].partitions[0]
+        part = partition_metadata(admin, "replicated", 0)
         assert sorted(part.replicas) == [1, 2, 3]
         res = ConfigResource(ConfigResource.Type.TOPIC, "replicated")
         assert admin.describe_configs([res])[res].result(10)["min.insync.replicas"].value == "2"
@@ -248,7 +266,7 @@ def test_cluster_elects_a_new_leader_and_takes_the_old_one_back(tmp_path: Path) 
 
         cluster.start_node(leader)
         deadline = time.monotonic() + 30
-        while len(admin.list_topics("replicated", timeout=10).topics["replicated"].partitions[0].isrs) < 3:
+        while len(partition_metadata(admin, "replicated", 0).isrs) < 3:
             assert time.monotonic() < deadline, "the restarted node did not catch up into the ISR"
             time.sleep(0.3)
         got = read_topic(cluster.bootstrap, "replicated", at_least=2, settle=0.3)
