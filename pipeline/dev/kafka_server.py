@@ -231,6 +231,27 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
+def partition_metadata(admin: Any, topic: str, partition: int, timeout: float = 30.0) -> Any:
+    """``topic``/``partition`` as ``admin``'s broker reports it, once it has a leader there. Waits while
+    it has none (an election) and while that broker does not list it yet: brokers learn of a new
+    topic asynchronously, so one other than the broker that created it may list the topic without
+    its partitions for a moment. A broker that is restarting is asked again."""
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            meta = admin.list_topics(topic, timeout=2.0).topics[topic]
+            part = meta.partitions.get(partition) if meta.error is None else None
+            if part is not None and part.leader >= 0:
+                return part
+        except KafkaException:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{topic}[{partition}] has no leader after {timeout:.0f}s")
+        time.sleep(0.2)
+
+
 def _admin(bootstrap: str) -> Any:
     """An AdminClient that retries a not-yet-listening broker every ~0.2 s (librdkafka backs off up to
     10 s by default) and logs to Python logging rather than our stderr."""
@@ -581,21 +602,7 @@ class KafkaCluster:
     def leader_of(self, topic: str, partition: int, timeout: float = 30.0) -> int:
         """Index of the node leading ``topic``/``partition`` now, as a client's metadata says (waits
         while the partition has no leader, e.g. during an election)."""
-        from confluent_kafka import KafkaException
-
-        admin = _admin(self.bootstrap)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                meta = admin.list_topics(topic, timeout=2.0).topics[topic]
-                part = meta.partitions.get(partition) if meta.error is None else None
-                if part is not None and part.leader >= 1:
-                    return int(part.leader) - 1
-            except KafkaException:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic}[{partition}] has no leader after {timeout:.0f}s")
-            time.sleep(0.2)
+        return int(partition_metadata(_admin(self.bootstrap), topic, partition, timeout).leader) - 1
 
     def __enter__(self) -> KafkaCluster:
         return self.start()

@@ -17,14 +17,20 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from pipeline.dev import embedded, kafka_server
-from pipeline.dev.kafka_server import FAST_START_JVM_OPTS, KafkaCluster, KafkaServer, KafkaStartError, KafkaUnavailable
+from pipeline.dev.kafka_server import (
+    FAST_START_JVM_OPTS,
+    KafkaCluster,
+    KafkaServer,
+    KafkaStartError,
+    KafkaUnavailable,
+    partition_metadata,
+)
 from tests.support.kafka_io import RecordingProducer, committed, read_topic
 
 pytestmark = pytest.mark.integration
@@ -51,23 +57,6 @@ def create_topic(bootstrap: str, name: str, partitions: int = 1, replication: in
         if len(parts) == partitions and all(p.leader >= 0 for p in parts.values()):
             return
         assert time.monotonic() < deadline, f"{name}: no leader for every partition in 30s"
-        time.sleep(0.1)
-
-
-def partition_metadata(admin: AdminClient, topic: str, partition: int, timeout: float = 30.0) -> Any:
-    """One partition as ``admin``'s broker reports it, once that broker knows it with a leader. Brokers
-    learn of a new topic asynchronously: one other than the broker that created it may still list
-    the topic without its partitions for a moment (seen in CI: ``partitions[0]`` a KeyError)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            meta = admin.list_topics(topic, timeout=10).topics[topic]
-            part = meta.partitions.get(partition) if meta.error is None else None
-            if part is not None and part.leader >= 0:
-                return part
-        except KafkaException:  # the broker asked was restarting
-            pass
-        assert time.monotonic() < deadline, f"{topic}[{partition}] not in the metadata after {timeout}s"
         time.sleep(0.1)
 
 
