@@ -45,7 +45,7 @@ DETAILS = {"too_old": "event time is older than the retention period",
            "in_future": "event time is too far in the future",
            "invalid_ip": "client_ip is not an IPv4 or IPv6 address",
            "inconsistent": "failures exceeds requests"}
-# When the stream pauses, a buffer holding this share of ``batch_max_records`` is written without
+# When the stream pauses, a buffer holding this share of ``Settings.batch_rows`` is written without
 # waiting for the timer (see ``Admission.should_flush``).
 IDLE_FLUSH_SHARE = 0.25
 
@@ -104,10 +104,10 @@ class Admission:
 
     def poll_size(self) -> int:
         """How many messages the next poll may take: enough records to fill the buffer up to
-        ``batch_max_records``, at most ``POLL_RECORDS`` (what one ``process`` call decodes), counted
+        ``Settings.batch_rows``, at most ``POLL_RECORDS`` (what one ``process`` call decodes), counted
         with the records per message learnt from the polls so far. A message may carry hundreds of
         records, so a fixed message count would let one poll buffer far more than a batch."""
-        room = max(1, min(POLL_RECORDS, self.settings.batch_max_records - len(self.buffer)))
+        room = max(1, min(POLL_RECORDS, self.settings.batch_rows - len(self.buffer)))
         return int(room / max(1.0, self.records_per_message))
 
     # -- processing -------------------------------------------------------------------------------
@@ -397,8 +397,8 @@ class Admission:
         if not b.next_offsets:
             return False
         n = len(b)
-        return n >= self.settings.batch_max_records or b.held >= self.settings.poll_max_bytes or (
-            idle and n >= self.settings.batch_max_records * IDLE_FLUSH_SHARE) or (
+        return n >= self.settings.batch_rows or b.held >= self.settings.poll_max_bytes or (
+            idle and n >= self.settings.batch_rows * IDLE_FLUSH_SHARE) or (
             self.clock() - b.started >= self.settings.batch_max_seconds)
 
     def seal(self) -> Buffer | None:

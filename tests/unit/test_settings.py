@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config.settings import SECRET_FIELDS, Settings, SettingsError
+from pipeline.config.settings import EMBEDDED_BATCH_ROWS, SECRET_FIELDS, SERVER_BATCH_ROWS, Settings, SettingsError
 
 
 def test_defaults_validate() -> None:
@@ -24,9 +24,20 @@ def test_values_are_converted() -> None:
     assert (s.batch_max_records, s.batch_max_seconds, s.web_port, s.pii_mode) == (1000, 0.5, 8080, "drop")
 
 
+def test_rows_per_insert_default_to_the_store_and_yield_to_the_setting() -> None:
+    # a server: large inserts (fewer parts for the engine); chDB in the process: half (its memory is ours)
+    server = Settings.from_env({"IMTEL_CLICKHOUSE_DSN": "https://ch.example:8443"})
+    embedded = Settings.from_env({"IMTEL_CLICKHOUSE_DSN": "chdb://./data/clickhouse"})
+    assert (server.batch_max_records, server.batch_rows) == (0, SERVER_BATCH_ROWS)
+    assert (embedded.batch_max_records, embedded.batch_rows) == (0, EMBEDDED_BATCH_ROWS)
+    assert EMBEDDED_BATCH_ROWS < SERVER_BATCH_ROWS
+    for dsn in ("https://ch.example:8443", "chdb://./data/clickhouse"):
+        assert Settings.from_env({"IMTEL_CLICKHOUSE_DSN": dsn, "IMTEL_BATCH_MAX_RECORDS": "7"}).batch_rows == 7
+
+
 @pytest.mark.parametrize(("var", "value"), [
     ("IMTEL_BATCH_MAX_RECORDS", "abc"),
-    ("IMTEL_BATCH_MAX_RECORDS", "0"),
+    ("IMTEL_BATCH_MAX_RECORDS", "-1"),
     ("IMTEL_BATCH_MAX_RECORDS", "1000001"),
     ("IMTEL_BATCH_MAX_RECORDS", "1.5"),
     ("IMTEL_BATCH_MAX_SECONDS", "x"),

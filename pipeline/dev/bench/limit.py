@@ -9,7 +9,8 @@ batch check), the cheapest decode that still types and bounds every field, so th
 lowered by the per-record Python regex of the strict struct.
 
 ``python -m pipeline.dev.bench.limit insert JOB``: reads and decodes the same topic *untimed*, builds
-the same ``request_logs`` rows as Arrow tables of 100k rows (IP minimised, origin columns filled),
+the same ``request_logs`` rows as Arrow tables of ``INSERT_ROWS`` rows, the pipeline's default against a
+server (IP minimised, origin columns filled),
 then times only clickhouse-connect's ``insert_arrow`` into the embedded engine (which folds each
 block into ``interface_stats_1m`` through the schema's view, as for the pipeline), then the background
 merges of the inserted parts (until none has run for a second).
@@ -31,10 +32,11 @@ import msgspec
 import pyarrow as pa
 
 from pipeline.config.kafka import FETCH_CONFIG, POLL_RECORDS
+from pipeline.config.settings import SERVER_BATCH_ROWS
 from pipeline.dev.bench.status import Job, StatusWriter
 from pipeline.ingest.records import LooseRequestLog
 
-INSERT_ROWS = 100_000
+INSERT_ROWS = SERVER_BATCH_ROWS
 ARROW_SCHEMA = pa.schema([
     ("request_time", pa.timestamp("ms", tz="UTC")), ("sdk_app_id", pa.uint32()), ("interface", pa.string()),
     ("request_id", pa.string()), ("client_net", pa.string()), ("latency_ms", pa.uint32()), ("error_code", pa.int32()),
@@ -145,7 +147,7 @@ def insert(job: Job) -> None:
     parts_before = active_parts(client, job.database)
     settle_merges(client)
     wall2, cpu2 = time.perf_counter(), time.process_time()
-    status.extra.update(insert_seconds=wall1 - wall0, insert_cpu_seconds=cpu1 - cpu0,
+    status.extra.update(rows_per_insert=INSERT_ROWS, insert_seconds=wall1 - wall0, insert_cpu_seconds=cpu1 - cpu0,
                         merge_seconds=wall2 - wall1, merge_cpu_seconds=cpu2 - cpu1,
                         parts_before_merges=parts_before, parts_after_merges=active_parts(client, job.database))
     status.wrote(rows)

@@ -124,7 +124,8 @@ def ceiling(results: dict[str, Any], workload: str) -> dict[str, Any] | None:
     host's best speed in the run by its slowdown probe.
 
     An upper bound, and a generous one: every line of glue is free in it, and the insert contender's
-    parts (100k rows) need fewer merges than a pipeline flushing every second. A goal above it cannot
+    parts (as large as the pipeline's default against a server) need fewer merges than a pipeline
+    flushing every second. A goal above it cannot
     be met on this machine, whatever the pipeline does; one below it says how much CPU the rest may
     take. None when a limit contender is missing or void."""
     consume, insert = _find(results["throughput"], "limit-consume", workload), _find(results["throughput"],
@@ -256,8 +257,11 @@ def engine_goal(results: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
     if floor:
         total = sum(floor.values())
         steps = " + ".join(f"{v:.2f} {k}" for k, v in floor.items())
-        why.append(f"floor: the insert limit contender (100k-row Arrow parts, same run) costs the engine {steps} = "
-                   f"{total:.2f} CPU-s per million" + (", above the target" if total > ENGINE_CPU else ""))
+        rows = _find(results["throughput"], "limit-insert", row["workload"]) or {}
+        per_insert = rows.get("extra", {}).get("rows_per_insert", 100_000)  # older results: always 100k
+        why.append(f"floor: the insert limit contender ({per_insert // 1000}k-row Arrow parts, same run) costs "
+                   f"the engine {steps} = {total:.2f} CPU-s per million"
+                   + (", above the target" if total > ENGINE_CPU else ""))
     return _goal(label, goal, value, value <= ENGINE_CPU, "; ".join(why), "cpu", spread)
 
 
