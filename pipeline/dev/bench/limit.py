@@ -83,8 +83,8 @@ def messages(job: Job, batch: int) -> Iterator[list[Any]]:
 
 def consume(job: Job) -> None:
     """Batch consume + typed decode, nothing else; the status reports records decoded. Each poll asks
-    for about ``POLL_RECORDS`` records (1000 single-record messages, ~30 batched ones): the fastest
-    setting found on this machine for both framings."""
+    for about ``POLL_RECORDS`` records (1000 single-record messages, ~66 batched ones), as the worker's
+    polls do."""
     status, decoder = StatusWriter(job.status_path), TypedDecoder()
     records = 0
     per_message = max(1.0, job.expected_records / max(1, int(job.options["expected_messages"])))
