@@ -32,7 +32,7 @@ _DSN_USERINFO = re.compile(r"(?<=://)[^/@]*@")
 
 COMPRESSIONS = ("lz4", "zstd", "none")
 # Rows per insert when IMTEL_BATCH_MAX_RECORDS is not set (see ``Settings.batch_rows``).
-SERVER_BATCH_ROWS = 200_000
+SERVER_BATCH_ROWS = 150_000
 EMBEDDED_BATCH_ROWS = 100_000
 
 
@@ -96,7 +96,7 @@ class Settings:
         "~2.4x the bytes: a server on the same host or rack). Batched request logs; chDB (embedded) ignores it.")
     # Batching
     batch_max_records: int = _f(
-        0, "Rows buffered before an insert (1..1,000,000). 0: 200,000 against a ClickHouse server, 100,000 with "
+        0, "Rows buffered before an insert (1..1,000,000). 0: 150,000 against a ClickHouse server, 100,000 with "
         "the embedded chDB engine, whose insert shares the worker's memory (see Settings.batch_rows).")
     batch_max_seconds: float = _f(1.0, "Oldest buffered row's maximal age before an insert (0.05..60 s).")
     consume_max_messages: int = _f(5_000, "Kafka messages fetched per poll (1..100,000).")
@@ -218,15 +218,17 @@ class Settings:
         """Rows buffered before an insert: ``batch_max_records``, or when that is 0 the store's default.
 
         Why these sizes: every insert has a fixed cost in the engine (a part in ``request_logs`` and
-        one in each view's table, their files, checksums and first merges), so fewer, larger inserts
-        cost it less for the same rows, as ClickHouse advises. Measured in chDB alone on 3M rows of
-        the batched workload, the worker's own flush tables, inserted with tokens, merges settled and
-        then every table merged to one part, so that no merge is left outside the figure: 2.43-2.64
-        CPU-s per million with 50k-row inserts against 1.81-1.95 with 200k (``docs/performance.md``).
-        A worker against a server holds at most two buffers (one being written, one filling) and one
-        compressed body: ~230 MB peak at 200k on that workload. With chDB in the process the engine's
-        insert (the uncompressed body, its blocks, their sort and compression) comes on top of that,
-        so the embedded default is half: ~470 MB peak there instead of ~520 at 200k."""
+        one in the view's table, their files and checksums, and the merges that fold small parts
+        together), so fewer, larger inserts cost it less for the same rows, as ClickHouse advises.
+        Measured in chDB alone on 3M records of the batched workload (the worker's own flush tables,
+        inserted with tokens, the merges settled, then every table merged to one part so that no
+        merge is left outside the figure), CPU-s per million: 2.43 / 2.64 / 2.82 / 2.92 with 50k-row
+        inserts, 2.25 / 2.17 with 150k, 1.81 / 1.95 / 2.28 / 1.98 with 200k (``docs/performance.md``).
+        A worker holds at most two buffers (one being written, one filling) and one compressed body,
+        ~100 bytes a row each on that workload: 150k rows keep its peak well inside the 250 MB it is
+        given against a server (200k: 236-252 MB on single-record messages). With chDB in the
+        process the engine's insert (the uncompressed body, its blocks, their sort and compression)
+        comes on top, so the embedded default is 100k: ~465-480 MB peak there (200k: ~520)."""
         if self.batch_max_records:
             return self.batch_max_records
         return EMBEDDED_BATCH_ROWS if self.embedded_store else SERVER_BATCH_ROWS

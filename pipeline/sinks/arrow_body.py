@@ -20,7 +20,7 @@ import pyarrow as pa
 
 # A body larger than this gets a buffer of its own, dropped after the insert, so that one unusual
 # batch (long exception texts) does not keep its size resident for the life of the process. A batch of
-# 200k rows of the batched request-log workload is ~9 MB with lz4 (bound ~21 MB) and ~20 MB uncompressed.
+# 200k rows of the batched request-log workload is ~9 MB with lz4 (its bound ~21 MB), ~20 MB uncompressed.
 KEEP_MAX_BYTES = 32 * 1024 * 1024
 
 # Per buffer of the body: 8 bytes of uncompressed length when compressed, padding to 8 (64 at most),

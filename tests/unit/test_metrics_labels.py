@@ -5,9 +5,18 @@ bounded however many ids arrive."""
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from pipeline.monitoring.metrics import LATENCY_BUCKETS_S, OTHER, AppLabeler, Metrics
+from pipeline.monitoring.metrics import (
+    FRESHNESS_BUCKETS_S,
+    LATENCY_BUCKETS_S,
+    OTHER,
+    AppLabeler,
+    BatchHistogram,
+    Metrics,
+)
 from pipeline.monitoring.sli import Summary, summarize
 
 
@@ -74,3 +83,16 @@ def test_evicted_app_series_are_removed_so_labels_stay_bounded() -> None:
     assert registry.get_sample_value("imtel_requests_total", {"app": "1400000001", "outcome": "success"}) == 1
     apps = {s.labels.get("app") for m in registry.collect() for s in m.samples if "app" in s.labels}
     assert apps == {"1400000001"}
+
+
+@given(st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                          st.sampled_from([*FRESHNESS_BUCKETS_S, 0.0, -0.0])), max_size=200))
+def test_batch_histogram_buckets_like_a_binary_search(values: list[float]) -> None:
+    # a value counts in the first bucket whose edge it is at or below (exactly on an edge: that
+    # bucket), NaN and values above the last edge in +Inf: what searchsorted(side="left") gives
+    h = BatchHistogram("h_test", "test", [], FRESHNESS_BUCKETS_S, CollectorRegistry())
+    v = np.asarray(values, dtype=np.float64)
+    h.observe_many((), v)
+    expected = np.bincount(np.searchsorted(np.asarray(FRESHNESS_BUCKETS_S), v, side="left"),
+                           minlength=len(FRESHNESS_BUCKETS_S) + 1)
+    assert h._series[()][0].tolist() == expected.tolist()
