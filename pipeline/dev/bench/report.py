@@ -125,9 +125,8 @@ def ceiling(results: dict[str, Any], workload: str) -> dict[str, Any] | None:
 
     An upper bound, and a generous one: every line of glue is free in it, and the insert contender's
     parts (as large as the pipeline's default against a server) need fewer merges than a pipeline
-    flushing every second. A goal above it cannot
-    be met on this machine, whatever the pipeline does; one below it says how much CPU the rest may
-    take. None when a limit contender is missing or void."""
+    flushing every second. A goal above it cannot be met on this machine, whatever the pipeline does;
+    one below it says how much CPU the rest may take. None when a limit contender is missing or void."""
     consume, insert = _find(results["throughput"], "limit-consume", workload), _find(results["throughput"],
                                                                                     "limit-insert", workload)
     if not (_rate(consume) and _rate(insert) and consume and insert):
