@@ -25,7 +25,7 @@ def test_values_are_converted() -> None:
 
 
 def test_rows_per_insert_default_to_the_store_and_yield_to_the_setting() -> None:
-    # a server: large inserts (fewer parts for the engine); chDB in the process: half (its memory is ours)
+    # a server: large inserts (fewer parts for the engine); chDB in the process: smaller (its memory is ours)
     server = Settings.from_env({"IMTEL_CLICKHOUSE_DSN": "https://ch.example:8443"})
     embedded = Settings.from_env({"IMTEL_CLICKHOUSE_DSN": "chdb://./data/clickhouse"})
     assert (server.batch_max_records, server.batch_rows) == (0, SERVER_BATCH_ROWS)
