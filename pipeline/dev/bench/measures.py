@@ -74,7 +74,6 @@ def limit_insert(o: Options, t: Target) -> Measurement:
     if m.extra.get("insert_seconds"):
         # the window is the timed inserts (the schema's view folds each into the aggregate table)
         m.finish(m.extra["insert_seconds"], m.extra.get("insert_cpu_seconds"))
-        rows = int(m.extra.get("rows_per_insert", 100_000))
-        m.notes.append(f"window: clickhouse-connect insert_arrow of {rows // 1000}k-row Arrow tables only, the "
-                       "view's aggregate included (rows built untimed)")
+        m.notes.append(f"window: clickhouse-connect insert_arrow of {m.extra['rows_per_insert'] // 1000}k-row "
+                       "Arrow tables only, the view's aggregate included (rows built untimed)")
     return m

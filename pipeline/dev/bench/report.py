@@ -256,8 +256,8 @@ def engine_goal(results: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
     if floor:
         total = sum(floor.values())
         steps = " + ".join(f"{v:.2f} {k}" for k, v in floor.items())
-        rows = _find(results["throughput"], "limit-insert", row["workload"]) or {}
-        per_insert = rows.get("extra", {}).get("rows_per_insert", 100_000)  # older results: always 100k
+        limit = _find(results["throughput"], "limit-insert", row["workload"]) or {}
+        per_insert = limit.get("extra", {}).get("rows_per_insert", 100_000)  # older results: always 100k
         why.append(f"floor: the insert limit contender ({per_insert // 1000}k-row Arrow parts, same run) costs "
                    f"the engine {steps} = {total:.2f} CPU-s per million"
                    + (", above the target" if total > ENGINE_CPU else ""))
